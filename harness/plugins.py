@@ -95,8 +95,9 @@ def _load() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
     for module_name in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=module_name)
-        infos.append(PluginInfo(module_name, module_name, _core_version(), default=True))
+        name = "harness." + module_name.rsplit(".", 1)[-1]
+        pm.register(importlib.import_module(module_name), name=name)
+        infos.append(PluginInfo(name, module_name, _core_version(), default=True))
 
     allowed = _allowed()
     seen: set[str] = set()

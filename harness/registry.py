@@ -113,7 +113,7 @@ def _build() -> Registries:
         registry: Registry[Any] = getattr(regs, attr)
         # Call each implementation ourselves so every spec is attributed to its plugin and a
         # plugin that raises while registering is reported without hiding the others.
-        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order: core first
             plugin = impl.plugin_name
 
             def register(spec: Any, _plugin: str = plugin, _registry: Registry[Any] = registry,
@@ -124,12 +124,10 @@ def _build() -> Registries:
 
             try:
                 impl.function(register=register)
-            except DuplicateNameError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # includes DuplicateNameError: the later plugin's spec is refused
                 if plugins._strict():
                     raise
-                plugins.mark_broken(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                plugins.mark_broken(plugin, f"{hook_name}: {type(exc).__name__}: {exc}")
     return regs
 
 

@@ -8,7 +8,8 @@ Call it from a plugin's tests; the core's own tests run it over every registered
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -180,3 +181,26 @@ def _positions(x: torch.Tensor, sl: slice) -> torch.Tensor:
     sel = torch.zeros(x.shape, dtype=torch.bool)
     sel[:, sl] = True
     return sel
+
+
+@contextmanager
+def temporary_plugin(plugin: object, name: str | None = None) -> Iterator[None]:
+    """Register a plugin object (module or class with hookimpls) for the duration of a block.
+
+    For tests of plugins that are not installed, e.g. a deliberately broken mixer::
+
+        with temporary_plugin(MyTestPlugin):
+            check_mixer("my_test_mixer")
+    """
+    from harness import plugins, registry
+
+    pm = plugins.get_plugin_manager()
+    name = pm.register(plugin, name=name)
+    plugins._infos.append(plugins.PluginInfo(name or "temporary", repr(plugin), "", default=False))
+    registry.reset()
+    try:
+        yield
+    finally:
+        pm.unregister(plugin)
+        plugins._infos[:] = [i for i in plugins._infos if i.name != name]
+        registry.reset()

@@ -42,7 +42,7 @@ class MLP(nn.Module):
 
 
 def mlp_hidden(dim: int, mlp_ratio: float) -> int:
-    return max(1, int(dim * mlp_ratio))
+    return max(1, int(dim * mlp_ratio + 1e-9))  # ratios like 383/128 must not round down
 
 
 class Block(nn.Module):

@@ -1,0 +1,369 @@
+"""Throughput, memory, FLOPs and torch.profiler traces.
+
+A library: the trainer (``[profile]``) and ``harness bench`` call it. Every CUDA-only path checks
+the device first, so everything here also runs on a CPU-only machine.
+
+Units: times in milliseconds, memory in MiB ("MB" in names), FLOPs as plain counts (a multiply-add
+is 2 FLOPs, torch.utils.flop_counter's convention).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+MB = 2**20
+
+
+def as_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> cuda when available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _is_cuda(device: str | torch.device | None) -> bool:
+    return as_device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def synchronize(device: str | torch.device | None) -> None:
+    if _is_cuda(device):
+        torch.cuda.synchronize(as_device(device))
+
+
+# ---------------------------------------------------------------------------------------- timing
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), q in [0, 1]."""
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def time_callable(fn: Callable[[], Any], warmup: int = 3, reps: int = 10,
+                  device: str | torch.device | None = "cpu") -> dict[str, float]:
+    """Time ``fn()`` ``reps`` times after ``warmup`` untimed calls; milliseconds.
+
+    Returns median, p20, p80, mean, std, min, max and reps. On CUDA each call is bracketed by
+    CUDA events and the device is synchronised, so the time is the kernels' time, not the launch's.
+    """
+    if reps < 1:
+        raise ValueError("reps must be >= 1")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = [_time_once_cuda(fn) if _is_cuda(device) else _time_once_cpu(fn) for _ in range(reps)]
+    return {
+        "median": statistics.median(times),
+        "p20": quantile(times, 0.2),
+        "p80": quantile(times, 0.8),
+        "mean": statistics.fmean(times),
+        "std": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "min": min(times),
+        "max": max(times),
+        "reps": float(reps),
+    }
+
+
+def _time_once_cpu(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _time_once_cuda(fn: Callable[[], Any]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def throughput(samples: int, tokens_per_sample: int, seconds: float) -> dict[str, float]:
+    """samples/s and tokens/s of ``samples`` examples of ``tokens_per_sample`` tokens in ``seconds``."""
+    return {"samples_per_s": samples / seconds, "tokens_per_s": samples * tokens_per_sample / seconds}
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / MB
+
+
+def _rss_high_water_mb() -> float:
+    """Linux VmHWM (resettable, see _reset_rss_high_water); elsewhere ru_maxrss (process lifetime)."""
+    kb = _proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / MB if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
+
+
+def _reset_rss_high_water() -> bool:
+    """Return freed heap to the OS, then reset VmHWM to the current RSS (Linux >= 4.0).
+
+    Without malloc_trim, glibc keeps freed pages resident and a later call that reuses them
+    would show no growth; without clear_refs the high-water mark covers the whole process life.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory while the ``with`` body runs.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensor memory, after resetting the peak stats).
+    CPU: the process RSS high-water mark, VmHWM from /proc/self/status, reset on entry when the
+    kernel allows it (``resettable``); otherwise ``resource.getrusage().ru_maxrss``, which covers
+    the whole process life, so ``delta_mb`` is then only a lower bound.
+
+    ``peak_mb`` is absolute (what a training run reports); ``delta_mb`` is the growth above the
+    level on entry (what one mixer call costs, used by ``harness bench``).
+    """
+
+    def __init__(self, device: str | torch.device | None = "cpu"):
+        self.device = as_device(device)
+        self.cuda = _is_cuda(self.device)
+        self.start_mb = self.peak_mb = 0.0
+        self.resettable = True
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / MB
+        else:
+            self.resettable = _reset_rss_high_water()
+            self.start_mb = current_rss_mb()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.peak_mb = self.read()
+
+    def read(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / MB
+        return max(_rss_high_water_mb(), current_rss_mb())
+
+    @property
+    def delta_mb(self) -> float:
+        return max(self.peak_mb - self.start_mb, 0.0)
+
+
+# ---------------------------------------------------------------------------------------- FLOPs
+
+def _cpu_sdpa_formulas() -> dict[Any, Any]:
+    """torch's flop counter has no formula for the CPU flash-attention kernel that SDPA uses on
+    CPU; without these, softmax attention on CPU would count only its projections."""
+    try:  # torch's own counts for the other SDPA kernels; their names are not public API
+        from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+    except ImportError:
+        return {}
+
+    def forward(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+        return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    def backward(g_shape: Any, q_shape: Any, k_shape: Any, v_shape: Any, *args: Any,
+                 out_shape: Any = None, **kw: Any) -> int:
+        return sdpa_backward_flop_count(g_shape, q_shape, k_shape, v_shape)
+
+    aten = torch.ops.aten
+    mapping: dict[Any, Any] = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = forward
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward
+    return mapping
+
+
+def flops_of(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; elementwise ops count 0).
+
+    Causal attention is counted as full attention, as torch's counter does.
+    """
+    with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas()) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def cache_dir() -> Path:
+    """``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/harness``, else ``~/.cache/harness``."""
+    if os.environ.get("HARNESS_CACHE_DIR"):
+        return Path(os.environ["HARNESS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def measure_matmul_flops(size: int = 1024, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``reps`` FLOP/s of a ``size`` x ``size`` matmul on the CPU with the current threads."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)  # warm-up: thread pool start, first-touch of pages
+    best = min(_time_once_cpu(lambda: torch.mm(a, b)) for _ in range(reps)) / 1e3
+    return 2 * size**3 / best
+
+
+def cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024) -> float:
+    """The CPU's achievable matmul FLOP/s, measured once per (cpu model, threads, dtype, torch)
+    and cached in ``cache_dir()/cpu_peak_flops.json``."""
+    key = f"{cpu_model()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}|n={size}"
+    path = cache_dir() / "cpu_peak_flops.json"
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = measure_matmul_flops(size, dtype=dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so two processes measuring at once never leave a torn file.
+        tmp = path.with_suffix(f".{os.getpid()}.{hashlib.md5(key.encode()).hexdigest()[:6]}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        tmp.replace(path)
+    return float(cache[key])
+
+
+# Dense (no sparsity) datasheet peaks in TFLOP/s. "fp32" is the non-tensor-core rate (torch's
+# default float32 matmul precision "highest"); "tf32" applies when it is "high" or "medium".
+# More specific names come first: the first pattern found in the device name wins.
+GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0, "fp32": 80.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+    ("RTX 3090", {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6}),
+    ("V100", {"fp16": 125.0, "fp32": 15.7}),
+    ("T4", {"fp16": 65.0, "fp32": 8.1}),
+]
+
+_DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def _dtype_key(dtype: torch.dtype | str) -> str:
+    key = _DTYPE_KEYS.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
+    if key == "fp32" and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return str(key)
+
+
+def gpu_peak_flops(name: str, dtype: torch.dtype | str = torch.bfloat16) -> tuple[float | None, bool]:
+    """Datasheet peak FLOP/s of the GPU called ``name`` (as torch.cuda.get_device_name reports it)
+    for ``dtype``; ``(None, True)`` when the GPU or the dtype is not in the table. Always flagged
+    estimated: datasheet numbers, not measured, and clocks vary by board."""
+    key = _dtype_key(dtype)
+    for pattern, peaks in GPU_PEAK_TFLOPS:
+        if pattern.lower() in name.lower():
+            tflops = peaks.get(key)
+            return (tflops * 1e12 if tflops is not None else None), True
+    return None, True
+
+
+def device_peak_flops(device: str | torch.device | None,
+                      dtype: torch.dtype = torch.float32) -> tuple[float | None, bool]:
+    """``(peak FLOP/s, estimated)``: a measured (cached) matmul probe on CPU, the table on GPU."""
+    if _is_cuda(device):
+        return gpu_peak_flops(torch.cuda.get_device_name(as_device(device)), dtype)
+    if as_device(device).type == "cuda":
+        return None, True  # asked for cuda on a machine without it
+    return cpu_peak_flops(dtype), False
+
+
+def mfu(flops_per_s: float, device: str | torch.device | None,
+        dtype: torch.dtype = torch.float32) -> tuple[float | None, bool]:
+    """``(model FLOPs utilisation in [0, 1], estimated)``; None when the peak is unknown."""
+    peak, estimated = device_peak_flops(device, dtype)
+    return (flops_per_s / peak if peak else None), estimated
+
+
+# ---------------------------------------------------------------------------------------- traces
+
+def profile_steps(step_fn: Callable[[], Any], steps: int = 3, out_dir: str | Path = ".",
+                  wait: int = 1, warmup: int = 1, row_limit: int = 40) -> dict[str, str]:
+    """Run ``step_fn`` under torch.profiler (CPU, plus CUDA when available) for
+    ``wait + warmup + steps`` calls, recording the last ``steps``.
+
+    Writes ``trace.json`` (open in chrome://tracing or Perfetto) and ``op_table.txt`` (operators
+    sorted by self CUDA time on GPU, self CPU time otherwise) to ``out_dir``; returns their paths.
+    """
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    paths = {"trace": str(out / "trace.json"), "table": str(out / "op_table.txt")}
+
+    def export(prof: Any) -> None:
+        prof.export_chrome_trace(paths["trace"])
+        sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        Path(paths["table"]).write_text(prof.key_averages().table(sort_by=sort_by, row_limit=row_limit))
+
+    with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=steps, repeat=1),
+                 on_trace_ready=export, record_shapes=True, profile_memory=True) as prof:
+        for _ in range(wait + warmup + steps):
+            step_fn()
+            synchronize("cuda" if cuda else "cpu")
+            prof.step()
+    return paths
+
+
+def gpu_system_metrics_available() -> bool:
+    """MLflow logs GPU utilisation/memory as system metrics when nvidia-ml-py (module ``pynvml``)
+    is importable and a CUDA device is present."""
+    return importlib.util.find_spec("pynvml") is not None and torch.cuda.is_available()
