@@ -168,14 +168,14 @@ def measure_case(name: str, T: int, *, dim: int, heads: int, batch: int, causal:
 def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int = 4, batch: int = 32,
               causal: bool = False, backward: bool = True, device: Any = "cpu", dtype: Any = "float32",
               warmup: int = 2, reps: int = 10, options_by_mixer: dict[str, dict[str, Any]] | None = None,
-              on_case: Callable[[str, int], None] | None = None) -> Any:
+              on_case: Callable[[str, int, bool], None] | None = None) -> Any:
     """Measure every mixer at every T; returns a pandas DataFrame with one row per (mixer, T).
 
     ``status`` is ok | oom | error | skipped, with ``message`` saying why. ``peak_mem_mb`` is the
     growth above the level before the measurement (see harness.profiling.PeakMemory). ``flops``
     counts one forward call. ``ratio_vs_softmax`` compares fwd+bwd times when ``backward``, else
-    forward times; ``fwd_ratio_vs_softmax`` always compares forward times. ``on_case(mixer, T)`` is
-    called after each case (progress bars).
+    forward times; ``fwd_ratio_vs_softmax`` always compares forward times. ``on_case(mixer, T, finished)``
+    is called before (False) and after (True) each case, for progress display.
     """
     import pandas as pd
     import torch
@@ -194,6 +194,8 @@ def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int
         for T in sorted(seq_lens):
             row: dict[str, Any] = {"mixer": name, "T": T, "grid": "x".join(map(str, grid_for(T))),
                                    "options": json.dumps(options, sort_keys=True)}
+            if on_case:
+                on_case(name, T, False)
             reason = skip_reason(spec, T, causal)
             if reason:
                 row.update(status="skipped", message=reason)
@@ -212,7 +214,7 @@ def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int
                     _free_memory(device)
             rows.append(row)
             if on_case:
-                on_case(name, T)
+                on_case(name, T, True)
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
     return add_ratios(frame, backward)
 
@@ -258,6 +260,8 @@ def write_plot(frame: Any, time_col: str, path: Path, title: str) -> None:
         ts = sorted(frame["T"].unique())
         ax.plot(ts, [y0 * (t / t0) ** 2 for t in ts], "k--", linewidth=1, label="T^2 guide")
     ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel=f"{time_col} (median)", title=title)
+    ax.set_xticks(sorted(frame["T"].unique()), labels=[str(t) for t in sorted(frame["T"].unique())])
+    ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -274,11 +278,15 @@ def results_table(frame: Any, backward: bool) -> Any:
 
     basis = "fwd+bwd" if backward else "fwd"
     table = Table(title="harness bench (times: median ms)")
-    for header in ("mixer", "T", "fwd ms", "fwd+bwd ms", f"x softmax ({basis})", "peak MB", "GFLOPs", "status"):
+    for header in ("mixer", "T", "fwd ms", "fwd+bwd ms", f"vs softmax ({basis})", "peak MB", "GFLOPs", "status"):
         table.add_column(header, justify="left" if header in ("mixer", "status") else "right")
+    previous = None
     for r in frame.itertuples(index=False):
+        if previous is not None and r.mixer != previous:
+            table.add_section()
+        previous = r.mixer
         table.add_row(r.mixer, str(r.T), _fmt(r.fwd_ms, ".3f"), _fmt(r.fwd_bwd_ms, ".3f"),
-                      _fmt(r.ratio_vs_softmax, ".2f"), _fmt(r.peak_mem_mb, ".1f"),
+                      _fmt(r.ratio_vs_softmax, ".2f") + ("x" if r.status == "ok" else ""), _fmt(r.peak_mem_mb, ".1f"),
                       _fmt(r.flops / 1e9, ".3f"),
                       r.status if r.status == "ok" else f"[red]{r.status}[/red]")
     return table
@@ -379,11 +387,17 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     if mixers.strip() != "all" and REFERENCE not in [n.strip() for n in mixers.split(",")]:
         console.print(f"({REFERENCE} added as the reference for ratios)")
 
-    with Progress(console=console, transient=True) as progress:
+    # No auto-refresh: a background render thread competes with torch's threads for the cores
+    # and made CPU timings several times slower and bimodal.
+    with Progress(console=console, transient=True, auto_refresh=False) as progress:
         task = progress.add_task("benchmarking", total=len(names) * len(lens))
+
+        def on_case(mixer: str, T: int, finished: bool) -> None:
+            progress.update(task, advance=int(finished), description=f"{mixer} T={T}", refresh=True)
+
         frame = run_bench(names, lens, dim=dim, heads=heads, batch=batch, causal=causal, backward=backward,
                           device=dev, dtype=DTYPES[dtype], warmup=warmup, reps=reps, options_by_mixer=options,
-                          on_case=lambda m, t: progress.update(task, advance=1, description=f"{m} T={t}"))
+                          on_case=on_case)
 
     console.print(results_table(frame, backward))
     for r in frame[frame["status"] != "ok"].itertuples(index=False):

@@ -83,6 +83,78 @@ def list_command(kind: str, as_json: bool) -> None:
         click.echo("Broken plugins are skipped; everything else works. HARNESS_STRICT_PLUGINS=1 shows tracebacks.")
 
 
+def _suite_or_exit(path: str, overrides: tuple[str, ...]) -> Any:
+    from harness.suite import SuiteError, load_suite
+
+    try:
+        return load_suite(path, list(overrides))
+    except SuiteError as exc:
+        _problems(path, exc.problems)
+
+
+def _problems(path: str, problems: list[str]) -> None:
+    for line in problems:
+        click.echo(f"{path}: {line}", err=True)
+    click.echo(f"{len(problems)} problem(s); nothing was run.", err=True)
+    sys.exit(1)
+
+
+SET_HELP = "Override a suite key, e.g. --set train.steps=100 (repeatable)."
+
+
+@cli.command("validate")
+@click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def validate_command(suite_path: str, overrides: tuple[str, ...]) -> None:
+    """Check a suite without running it: keys, names, capabilities, data and budgets."""
+    from harness.suite import SuiteError
+    from harness.validate import check_suite
+
+    suite = _suite_or_exit(suite_path, overrides)
+    try:
+        plans = check_suite(suite)
+    except SuiteError as exc:
+        _problems(suite_path, exc.problems)
+    n = len(suite.variants) * len(suite.suite.seeds)
+    click.echo(f"{suite_path}: OK, {len(suite.variants)} variants x {len(suite.suite.seeds)} seeds = {n} runs")
+    for plan in plans.values():
+        if plan.target is not None:
+            click.echo(f"  {plan.variant}: {plan.knob} = {plan.model_config[plan.knob]:.4g}, {plan.count} "
+                       f"{plan.achieved:,} (target {plan.target:,}, gap {plan.gap:+.2%})")
+
+
+@cli.command("run")
+@click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("-v", "--variant", "variants", multiple=True, help="Run only these variants (repeatable).")
+@click.option("--no-track", is_flag=True, help="Do not record the runs in MLflow.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+              "sqlite:///mlruns/mlflow.db).")
+@click.option("--out", "output_dir", default=None, help="Output folder (default: results/<suite name>).")
+def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str, ...], no_track: bool,
+                tracking_uri: str | None, output_dir: str | None) -> None:
+    """Run a suite: every variant x seed, parameter-matched, tracked, summarised."""
+    from harness import tracking
+    from harness.suite import SuiteError
+
+    extra = (f"suite.output_dir={json.dumps(output_dir)}",) if output_dir else ()
+    suite = _suite_or_exit(suite_path, overrides + extra)
+    tracking.configure(enabled=not no_track, tracking_uri=tracking_uri)
+    from harness.runner import run_suite
+
+    try:
+        results = run_suite(suite, variants=list(variants) or None)
+    except SuiteError as exc:
+        _problems(suite_path, exc.problems)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: the current run is marked killed; finished runs are kept in "
+                   f"{suite.output_dir}/runs.jsonl and a re-run resumes after them.", err=True)
+        sys.exit(130)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        click.echo(f"{len(failed)} run(s) failed; see the table above and runs.jsonl.", err=True)
+
+
 def _register_plugin_commands() -> None:
     from harness import plugins
 

@@ -23,6 +23,8 @@ DEFAULT_PLUGINS = (
     "harness.default_plugins.models",
     "harness.default_plugins.tasks",
     "harness.default_plugins.metrics",
+    "harness.default_plugins.reporting",
+    "harness.tracking",
 )
 ENTRY_POINT_GROUP = "harness"
 

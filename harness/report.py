@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -302,16 +303,20 @@ def _fmt_p(p: Any) -> str:
     return "p<0.001" if float(p) < 0.001 else f"p={float(p):.3f}"
 
 
-def _table(summary: "pd.DataFrame", metric: str) -> tuple[list[str], list[list[str]], list[bool]]:
-    """Header, cell strings and per-row "best" flags, shared by the console and Markdown tables."""
+def _table(summary: "pd.DataFrame", metric: str, *, flops: bool = False
+           ) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Header, cell strings and per-row "best" flags, shared by the console and Markdown tables.
+
+    The mean column is always the 4th (index 3)."""
     dec = _decimals(summary)
     show_tokens = summary["tokens_per_s"].notna().any() and not summary["samples_per_s"].notna().any()
-    show_flops = summary["flops_per_token"].notna().any()
+    show_flops = flops and summary["flops_per_token"].notna().any()
+    ref_n = int(summary.loc[summary["reference"].astype(bool), "n"].max()) if summary["reference"].any() else 0
     header = ["variant", "mixer", "params (gap)", f"{metric} mean ± std", "95% CI",
               "Δ vs ref (p)", "tokens/s" if show_tokens else "samples/s", "peak MB"]
     if show_flops:
         header.append("FLOPs/token")
-    header.append("finished / failed")
+    header.append("finished")
     rows: list[list[str]] = []
     best: list[bool] = []
     for r in summary.itertuples(index=False):
@@ -329,7 +334,9 @@ def _table(summary: "pd.DataFrame", metric: str) -> tuple[list[str], list[list[s
         if r.reference:
             delta = "ref"
         elif _is_finite(r.delta):
-            delta = f"{r.delta:+.{dec}f} ({_fmt_p(r.p_value)}, n={r.n_paired})"
+            # n shown only where fewer seeds were paired than either side finished
+            n_note = f" n={r.n_paired}" if r.n_paired < max(int(r.n), ref_n) else ""
+            delta = f"{r.delta:+.{dec}f} ({_fmt_p(r.p_value)}{n_note})"
         else:
             delta = "–"
         speed = r.tokens_per_s if show_tokens else r.samples_per_s
@@ -376,6 +383,29 @@ def _explanation(summary: "pd.DataFrame", metric: str) -> str:
             f"{_OVERRIDE_MARK} = variant with per-variant overrides.")
 
 
+def _fit_columns(natural: list[int], narrowest: list[int], width: int) -> tuple[int, list[int] | None]:
+    """(padding, fixed column widths or None for rich's own) for a SIMPLE_HEAD table in ``width``.
+
+    Rich shrinks an over-wide table without regard to word boundaries and crops the last columns,
+    so narrow a table here: take the widest column down one character at a time, never below its
+    longest word; with padding 1 if that fits, else padding 0, else leave it to rich (folding)."""
+    n = len(natural)
+    for pad in (1, 0):
+        avail = width - (n - 1) * (1 + pad) - 2
+        if sum(natural) <= avail:
+            return pad, None
+        widths = list(natural)
+        while sum(widths) > avail:
+            candidates = [i for i in range(n) if widths[i] > narrowest[i]]
+            if not candidates:
+                break
+            widest = max(candidates, key=lambda i: widths[i])
+            widths[widest] -= 1
+        if sum(widths) <= avail:
+            return pad, widths
+    return 0, None
+
+
 def print_summary(
     summary: "pd.DataFrame",
     metric: str,
@@ -387,6 +417,7 @@ def print_summary(
     """Print the summary as a rich table, then override footnotes and failed runs with reasons.
 
     Failed runs come from ``frame`` when given, else from ``summary.attrs["failures"]``."""
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -396,17 +427,49 @@ def print_summary(
         console.print("[yellow]no runs to report[/yellow]")
         return
     header, rows, best = _table(summary, metric)
-    table = Table(title=title, title_justify="left", header_style="bold")
-    right = {"params (gap)", "95% CI", "samples/s", "tokens/s", "peak MB", "FLOPs/token"}
-    for name in header:
-        table.add_column(name, justify="right" if name in right else "left")
-    metric_col = 3
+    direction = "higher" if summary.attrs.get("higher_is_better", True) else "lower"
+    header[3] = "mean ± std"
+    heading = f"{title + ' · ' if title else ''}{metric} ({direction} is better)"
+    metric_col = header.index(header[3])
+    right = {"params (gap)", "95% CI", "samples/s", "tokens/s", "peak MB"}
+    keep = {0, metric_col}   # variant and mean ± std are never wrapped
+
+    def layout(header: list[str], rows: list[list[str]]) -> tuple[int, list[int] | None]:
+        natural = [max(len(text) for text in [*(row[i] for row in rows), name])
+                   for i, name in enumerate(header)]
+        # the narrowest a column may get: its longest word, so wrapping never splits a number
+        narrowest = [natural[i] if i in keep else
+                     max(len(w) for text in [*(row[i] for row in rows), name] for w in text.split() or [""])
+                     for i, name in enumerate(header)]
+        return _fit_columns(natural, narrowest, console.width)
+
+    mixer_note = None
+    redundant = all(not r.mixer or r.mixer == r.variant for r in summary.itertuples(index=False))
+    pad, widths = (0, None) if redundant else layout(header, rows)
+    if redundant or widths is None and pad == 0:
+        # The mixer column repeats the variant names, or the table is too wide for the terminal
+        # with it: leave it out (and list the mixers beneath when they say something new).
+        if not redundant:
+            mixer_note = ", ".join(f"{r.variant}={r.mixer}" for r in summary.itertuples(index=False)
+                                   if r.mixer and r.mixer != r.variant)
+        header = header[:1] + header[2:]
+        rows = [row[:1] + row[2:] for row in rows]
+        metric_col -= 1
+        keep = {0, metric_col}
+        pad, widths = layout(header, rows)
+    table = Table(title=heading, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, pad), collapse_padding=True)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if name in right else "left", no_wrap=i in keep,
+                         width=widths[i] if widths else None, overflow="fold")
     for cells, is_best in zip(rows, best):
         cells = [escape(c) for c in cells]
         if is_best:
             cells[metric_col] = f"[bold]{cells[metric_col]}[/bold]"
         table.add_row(*cells)
     console.print(table)
+    if mixer_note:
+        console.print(f"mixers: {escape(mixer_note)}")
     for note in _override_notes(summary):
         console.print(f"{_OVERRIDE_MARK} per-variant overrides — {escape(note)}")
     console.print(f"[dim]{escape(_explanation(summary, metric))}[/dim]")
@@ -428,7 +491,7 @@ def _markdown(summary: "pd.DataFrame", frame: "pd.DataFrame", metric: str, title
     lines = [f"# {title}", ""]
     if summary.empty:
         return "\n".join([*lines, "No runs.", ""])
-    header, rows, best = _table(summary, metric)
+    header, rows, best = _table(summary, metric, flops=True)
     lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
     lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
     for cells, is_best in zip(rows, best):
@@ -512,7 +575,8 @@ def _plot_learning_curves(results: list[RunResult], path: Path, metric: str, tit
                 continue
             stats = data.groupby("step")["value"].agg(["mean", "std", "count"]).sort_index()
             steps = stats.index.to_numpy()
-            ax.plot(steps, stats["mean"], color=colors[variant], label=variant, lw=1.5)
+            ax.plot(steps, stats["mean"], color=colors[variant], label=variant, lw=1.5,
+                    marker="o" if len(steps) <= 30 else None, ms=3)
             band = stats["std"].where(stats["count"] > 1)
             if band.notna().any():
                 ax.fill_between(steps, stats["mean"] - band, stats["mean"] + band,
@@ -547,9 +611,15 @@ def _plot_metric_vs_params(frame: "pd.DataFrame", path: Path, metric: str, title
         x, y = float(sub["params"].mean()), float(sub[metric].mean())
         ax.scatter([x], [y], color=colors[variant], marker="D", s=60, edgecolor="black", lw=0.6)
         ax.annotate(variant, (x, y), xytext=(5, 5), textcoords="offset points", fontsize="small")
+    if "target_params" in data.columns and data["target_params"].notna().any():
+        target = float(data["target_params"].dropna().median())
+        ax.axvline(target, color="grey", ls="--", lw=1, label="target")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _fmt_count(x)))
     ax.set_xlabel("parameters (achieved)")
     ax.set_ylabel(metric)
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title(f"{title}: {metric} vs parameters (dots = seeds, ◆ = mean)")
@@ -569,6 +639,7 @@ def write_reports(
     """Write results.csv, summary.csv, results.md, learning_curves.png and metric_vs_params.png.
 
     Returns {file name: path} for the files written; a plot with no data is skipped (and absent)."""
+    results = list(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = results_frame(results)
@@ -584,12 +655,14 @@ def write_reports(
     path = out / "results.md"
     path.write_text(_markdown(summary, frame, metric, title), encoding="utf-8")
     written[path.name] = path
-    path = out / "learning_curves.png"
-    if _plot_learning_curves(list(results), path, metric, title):
-        written[path.name] = path
-    path = out / "metric_vs_params.png"
-    if _plot_metric_vs_params(frame, path, metric, title):
-        written[path.name] = path
+    plots = (("learning_curves.png", lambda p: _plot_learning_curves(results, p, metric, title)),
+             ("metric_vs_params.png", lambda p: _plot_metric_vs_params(frame, p, metric, title)))
+    for name, plot in plots:
+        path = out / name
+        if plot(path):
+            written[name] = path
+        else:
+            path.unlink(missing_ok=True)   # no data now: do not leave an earlier report's plot
     return written
 
 
@@ -718,9 +791,18 @@ def _child_result(client: Any, child: Any, metric: str, suite: str) -> RunResult
     by_step: dict[int, dict[str, float]] = {}
     for key in metrics:
         points = client.get_metric_history(child.info.run_id, key)
-        if len(points) > 1 or any(p.step != 0 for p in points):
-            for p in sorted(points, key=lambda p: (p.step, p.timestamp)):
+        if len(points) < 2 and all(p.step == 0 for p in points):
+            continue   # logged once: a final value only
+        points = sorted(points, key=lambda p: (p.timestamp, p.step))
+        # A final value shares its name with the history ("val/accuracy"): it is the one logged
+        # last, whatever its step. History points go forward in steps; a point logged after a
+        # later step (a final value logged at step 0) is not part of the curve.
+        metrics[key] = float(points[-1].value)
+        top = -1
+        for p in points:
+            if p.step >= top:
                 by_step.setdefault(int(p.step), {})[key] = float(p.value)
+                top = p.step
     history = [{"step": step, **values} for step, values in sorted(by_step.items())]
     overrides = tuple(k.strip() for k in (tags.get("harness.overrides") or "").split(",") if k.strip())
     try:
@@ -877,7 +959,10 @@ def report_command(experiment_or_dir: str, tracking_uri: str | None, out_dir: st
 
     from rich.console import Console
 
-    console = Console()
+    # Not a terminal (a log file, a pipe): nothing wraps the lines, so do not squeeze the table
+    # into rich's default 80 columns.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    console = Console(width=160) if wide else Console()
     frame = results_frame(results)
     summary = summarize(frame, chosen_metric, higher_is_better, chosen_reference)
     print_summary(summary, chosen_metric, console, frame=frame, title=title)

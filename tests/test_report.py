@@ -36,7 +36,7 @@ def make_result(variant: str, seed: int, acc: float | None, *, overrides=(), mix
         return RunResult(run=run, status=status or "failed",
                          error="Traceback (most recent call last):\n  ...\nRuntimeError: loss is NaN at step 40",
                          history=[{"step": 20, "train/loss": 2.0}])
-    params = PARAMS[variant]
+    params = PARAMS.get(variant, TARGET)
     return RunResult(
         run=run,
         status=status or "finished",
@@ -169,7 +169,7 @@ def test_print_summary_table_footnote_and_failures():
         assert variant in text
     assert "mop†" in text and "per-variant overrides" in text and "train.lr" in text
     assert "0.8200 ± 0.0200" in text and "±0.0497" in text and "ref" in text
-    assert "+0.0300 (p=0.035, n=3)" in text
+    assert "+0.0300 (p=0.035)" in text and "+0.0150 (p=0.205 n=2)" in text
     assert "token_mixer seed 1 (failed): RuntimeError: loss is NaN at step 40" in text
 
 
@@ -194,13 +194,16 @@ def test_write_reports_creates_all_files(tmp_path):
 
 
 def test_write_reports_skips_plots_without_data(tmp_path):
+    report.write_reports(make_results(), tmp_path, metric=METRIC, reference="softmax", title="demo")
+    assert (tmp_path / "learning_curves.png").exists()
     results = [make_result("softmax", 0, None), make_result("mop", 0, None)]   # all failed
     for r in results:
         r.history = []
     written = report.write_reports(results, tmp_path, metric=METRIC, higher_is_better=True,
                                    reference=None, title="demo")
     assert set(written) == {"results.csv", "summary.csv", "results.md"}
-    assert not (tmp_path / "learning_curves.png").exists()
+    assert not (tmp_path / "learning_curves.png").exists()      # the earlier plot is not left behind
+    assert not (tmp_path / "metric_vs_params.png").exists()
     assert "RuntimeError" in written["results.md"].read_text()
 
 
@@ -258,9 +261,12 @@ def _log_child(client, exp_id, parent_id, result: RunResult, start_time: int):
         tags["harness.error"] = result.error
     child = client.create_run(exp_id, start_time=start_time, tags=tags,
                               run_name=result.run.key)
-    metrics = [Metric(k, float(v), 0, 0) for k, v in {**result.metrics, **result.efficiency}.items()]
-    metrics += [Metric(k, float(v), 0, int(p["step"])) for p in result.history for k, v in p.items()
-                if k != "step"]
+    # history first (timestamps follow the steps), then final metrics logged afterwards at step 0,
+    # "val/accuracy" both as history and as a final value
+    metrics = [Metric(k, float(v), start_time + int(p["step"]), int(p["step"]))
+               for p in result.history for k, v in p.items() if k != "step"]
+    metrics += [Metric(k, float(v), start_time + 10_000, 0)
+                for k, v in {**result.metrics, **result.efficiency}.items()]
     if metrics:
         client.log_batch(child.info.run_id, metrics=metrics)
     client.set_terminated(child.info.run_id, "FAILED" if result.status == "failed" else "FINISHED")

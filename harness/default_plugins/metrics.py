@@ -1,7 +1,12 @@
 """The core's built-in metrics."""
-from harness import hookimpl
+from harness import MetricSpec, hookimpl
 
 
 @hookimpl
 def register_metrics(register):
-    pass
+    register(MetricSpec("accuracy", "harness.metrics:accuracy", higher_is_better=True,
+                        description="fraction of correct arg-max predictions"))
+    register(MetricSpec("loss", "harness.metrics:loss", higher_is_better=False, description="mean cross-entropy (nats)"))
+    register(MetricSpec("perplexity", "harness.metrics:perplexity", higher_is_better=False,
+                        description="exp(cross-entropy)"))
+    register(MetricSpec("bpc", "harness.metrics:bpc", higher_is_better=False, description="bits per character"))

@@ -1,0 +1,113 @@
+"""harness.profiling: FLOPs, timing, memory, peak-FLOPs cache and table, profiler traces."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import profiling
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_flops_of_linear_is_two_b_in_out():
+    layer = torch.nn.Linear(16, 8, bias=False)
+    x = torch.randn(5, 16)
+    assert profiling.flops_of(lambda: layer(x)) == 2 * 5 * 16 * 8
+
+
+def test_flops_of_counts_sdpa_on_cpu():
+    # torch's counter has no formula for the CPU SDPA kernel; profiling adds one.
+    q = torch.randn(2, 4, 16, 8)
+    assert profiling.flops_of(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 4 * 16 * 16 * 8)
+
+
+def test_time_callable_returns_ordered_quantiles():
+    stats = profiling.time_callable(lambda: torch.randn(64, 64) @ torch.randn(64, 64), warmup=1, reps=7)
+    assert 0 < stats["min"] <= stats["p20"] <= stats["median"] <= stats["p80"] <= stats["max"]
+    assert stats["reps"] == 7
+
+
+def test_time_callable_rejects_zero_reps():
+    with pytest.raises(ValueError):
+        profiling.time_callable(lambda: None, warmup=0, reps=0)
+
+
+def test_throughput():
+    assert profiling.throughput(10, 64, 2.0) == {"samples_per_s": 5.0, "tokens_per_s": 320.0}
+
+
+def test_peak_memory_cpu_sees_an_allocation():
+    with profiling.PeakMemory("cpu") as mem:
+        x = torch.ones(16 * 2**20)  # 64 MiB, every page touched
+        del x
+    assert mem.peak_mb > 0
+    if mem.resettable:  # Linux: the high-water mark was reset on entry
+        assert mem.delta_mb > 32
+
+
+def test_cpu_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(profiling, "measure_matmul_flops", lambda *a, **k: calls.append(1) or 1e9)
+    assert profiling.cpu_peak_flops() == 1e9
+    assert profiling.cpu_peak_flops() == 1e9
+    assert len(calls) == 1
+    cache = json.loads((tmp_path / "cpu_peak_flops.json").read_text())
+    assert list(cache.values()) == [1e9]
+    assert profiling.device_peak_flops("cpu") == (1e9, False)  # measured, not estimated
+    assert profiling.mfu(2.5e8, "cpu") == (0.25, False)
+
+
+def test_measure_matmul_flops_is_positive():
+    assert profiling.measure_matmul_flops(size=64, reps=2) > 0
+
+
+def test_gpu_peak_flops_table():
+    assert profiling.gpu_peak_flops("NVIDIA H100 80GB HBM3", torch.bfloat16) == (pytest.approx(989.4e12), True)
+    assert profiling.gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == (pytest.approx(756e12), True)  # specific name wins
+    assert profiling.gpu_peak_flops("NVIDIA A100-SXM4-80GB", torch.bfloat16)[0] == pytest.approx(312e12)
+    assert profiling.gpu_peak_flops("Tesla T4", torch.bfloat16) == (None, True)  # T4 has no bf16
+    assert profiling.gpu_peak_flops("Some Future GPU", torch.bfloat16) == (None, True)
+
+
+def test_gpu_fp32_peak_follows_matmul_precision():
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert profiling.gpu_peak_flops("NVIDIA H200", torch.float32)[0] == pytest.approx(66.9e12)
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores
+        assert profiling.gpu_peak_flops("NVIDIA H200", torch.float32)[0] == pytest.approx(494.7e12)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_profile_steps_writes_trace_and_op_table(tmp_path):
+    a = torch.randn(32, 32)
+    paths = profiling.profile_steps(lambda: a @ a, steps=2, out_dir=tmp_path)
+    trace = json.loads(open(paths["trace"]).read())
+    assert trace["traceEvents"]
+    assert "aten::mm" in open(paths["table"]).read()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_cuda_paths_skip_cleanly_on_cpu():
+    assert profiling.gpu_system_metrics_available() is False
+    assert profiling.device_peak_flops("cuda") == (None, True)
+    profiling.synchronize("cuda")  # a no-op, not an error
+    assert profiling.as_device("auto").type == "cpu"
+
+
+@cuda_only
+def test_cuda_timing_memory_and_peak():
+    x = torch.randn(256, 256, device="cuda")
+    stats = profiling.time_callable(lambda: x @ x, warmup=1, reps=5, device="cuda")
+    assert 0 < stats["p20"] <= stats["median"] <= stats["p80"]
+    with profiling.PeakMemory("cuda") as mem:
+        y = torch.empty(8 * 2**20, device="cuda")  # 32 MiB
+        del y
+    assert mem.delta_mb >= 31
+    peak, estimated = profiling.device_peak_flops("cuda", torch.bfloat16)
+    assert estimated and (peak is None or peak > 1e12)
