@@ -852,8 +852,22 @@ def load_results_mlflow(
                               f"(tag harness.role=parent)")
         parent = parents[0]
     ptags = parent.data.tags
+    children = _search_all(client, exp.experiment_id,
+                           f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                           order_by=["attributes.start_time ASC"])
+    children = [c for c in children if c.data.tags.get("harness.role", "run") == "run"]
     metric = ptags.get("harness.metric")
+    if metric and not any(metric in c.data.metrics for c in children):
+        # the tracker logs metric names made MLflow-safe: test/ndcg@10 -> test/ndcg_at_10
+        safe = _mlflow_metric_key(metric)
+        if any(safe in c.data.metrics for c in children):
+            metric = safe
     hib = ptags.get("harness.higher_is_better")
+    try:
+        planned = int(parent.data.params.get("runs", ""))
+    except ValueError:
+        planned = None
+    results = _dedupe(_child_result(client, c, metric or "", experiment) for c in children)
     info = {
         "experiment": experiment,
         "suite": experiment,
@@ -862,13 +876,20 @@ def load_results_mlflow(
         "metric": metric,
         "reference": ptags.get("harness.reference"),
         "higher_is_better": None if hib is None else _parse_bool(hib, True),
+        # planned runs this parent has no child for (e.g. re-used results the tracker did not log)
+        "missing": max(0, planned - len(results)) if planned is not None else 0,
     }
-    children = _search_all(client, exp.experiment_id,
-                           f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                           order_by=["attributes.start_time ASC"])
-    children = [c for c in children if c.data.tags.get("harness.role", "run") == "run"]
-    results = [_child_result(client, c, metric or "", experiment) for c in children]
-    return _dedupe(results), info
+    return results, info
+
+
+def _mlflow_metric_key(name: str) -> str:
+    try:
+        from harness.tracking import metric_key
+    except ImportError:  # pragma: no cover - the tracker is a default plugin of the core
+        import re
+
+        return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", name.replace("@", "_at_"))
+    return metric_key(name)
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -923,6 +944,11 @@ def report_command(experiment_or_dir: str, tracking_uri: str | None, out_dir: st
                 dirs = _result_dirs()
                 hint = f"; result dirs: {', '.join(dirs)}" if dirs else ""
                 raise ReportError(f"{experiment_or_dir!r} is not a results directory; {exc}{hint}") from None
+            if info.get("missing"):
+                click.echo(f"warning: {info['missing']} planned run(s) have no child run under MLflow "
+                           f"parent {info['parent_run_id']} (results re-used from an earlier invocation "
+                           f"are reported from the suite's runs.jsonl); the table shows the rest.",
+                           err=True)
             default_out = Path("results") / experiment_or_dir.replace("/", "_").replace(os.sep, "_")
             title = experiment_or_dir
             suite_metric = info.get("metric") or _first_metric(results)

@@ -293,6 +293,7 @@ def test_load_results_mlflow_round_trip_and_cli(tmp_path, monkeypatch):
     parent = client.create_run(exp_id, start_time=2_000, tags={"harness.role": "parent",
                                "harness.metric": METRIC, "harness.reference": "mop",
                                "harness.higher_is_better": "true"})
+    client.log_param(parent.info.run_id, "runs", 5)      # one planned run has no child run
     expected = [make_result("softmax", 0, 0.80), make_result("softmax", 1, 0.82),
                 make_result("mop", 0, 0.83, overrides=("train.lr", "model.depth")),
                 make_result("mop", 1, None)]
@@ -300,7 +301,7 @@ def test_load_results_mlflow_round_trip_and_cli(tmp_path, monkeypatch):
 
     results, info = report.load_results_mlflow("demo", tracking_uri=uri)
     assert info["metric"] == METRIC and info["reference"] == "mop" and info["higher_is_better"] is True
-    assert info["parent_run_id"] == parent.info.run_id
+    assert info["parent_run_id"] == parent.info.run_id and info["missing"] == 1
     assert [r.run.key for r in results] == [r.run.key for r in expected]
     for got, want, run_id in zip(results, expected, ids):
         assert got.run_id == run_id and got.status == want.status
@@ -323,6 +324,7 @@ def test_load_results_mlflow_round_trip_and_cli(tmp_path, monkeypatch):
     res = runner.invoke(report.report_command, ["demo", "--tracking-uri", uri])
     assert res.exit_code == 0, res.output
     assert "softmax" in res.output and "ref" in res.output
+    assert "warning: 1 planned run(s) have no child run" in res.output
     assert (tmp_path / "results" / "demo" / "results.md").is_file()
 
     res = runner.invoke(report.report_command, ["nope", "--tracking-uri", uri])

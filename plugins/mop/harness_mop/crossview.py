@@ -1,0 +1,102 @@
+"""MoP mode C: cross-view binding, S = [Q1, Q2] M [K1; K2]^T with a learnable 2x2 mixer M.
+
+Options beyond the bilinear form: transpose cues t1 S1^T + t2 S2^T and a per-key prior
+A_sharp(i, j) ~ A1(i, j) A2(k*, j). Without them the whole mixer is ONE bilinear form and runs
+through F.scaled_dot_product_attention (queries and keys of width 2*Dh, values of width Dh).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.nn.context import SeqContext
+from harness_mop._common import masked_softmax, merge_heads, score_mask, split_views
+
+ANCHORS = ("colmass", "fixed")
+
+
+class CrossViewAttention(nn.Module):
+    """Two views (q1, k1, v1) and (q2, k2). View 2 only shapes scores, so it has no value
+    projection (the reference allocated an unused v2).
+
+    Causality of the transpose cues: S^T(i, j) = q_j . k_i. Every entry a causal query i keeps
+    (j <= i) uses tokens j and i only, and entries with j > i are masked after combining, so the
+    cues are causal. Under padding, real (i, j) only ever read real tokens, for the same reason.
+    """
+
+    def __init__(self, dim: int, *, heads: int, ctx: SeqContext, t1: float = 0.0, t2: float = 0.0,
+                 learn_transpose: bool = False, prior: bool = False, prior_weight: float = 0.5,
+                 anchor: str = "colmass", fixed_k_star: int = 0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, not {anchor!r}")
+        self.heads, self.causal = heads, ctx.causal
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 5 * dim, bias=False)           # q1, q2, k1, k2, v1
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.mix = nn.Parameter(torch.eye(2))                     # identity: starts as S1 + S2
+        self.cues = learn_transpose or t1 != 0.0 or t2 != 0.0
+        t = torch.tensor([float(t1), float(t2)])
+        if learn_transpose:
+            self.t = nn.Parameter(t)
+        else:
+            self.register_buffer("t", t, persistent=False)
+        self.prior, self.prior_weight = prior, float(prior_weight)
+        self.anchor, self.fixed_k_star = anchor, int(fixed_k_star)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, D = x.shape
+        u = split_views(self.qkv(x), 5, self.heads)              # (5, B, H, T, Dh)
+        q, k, v = u[0:2], u[2:4], u[4]                           # (2, B, H, T, Dh) x2, (B, H, T, Dh)
+        k_eff = torch.einsum("ab,bnhtd->anhtd", self.mix, k)     # row a of M folded into the keys
+        q_cat = q.permute(1, 2, 3, 0, 4).reshape(B, self.heads, T, -1)      # (B, H, T, 2Dh)
+        k_cat = k_eff.permute(1, 2, 3, 0, 4).reshape(B, self.heads, T, -1)  # (B, H, T, 2Dh)
+        mask = score_mask(pad, self.causal, T, x.device)
+        if not (self.cues or self.prior):
+            y = F.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=self.scale,
+                                               is_causal=self.causal and mask is None)
+            return self.proj(merge_heads(y))
+        s = q_cat @ k_cat.transpose(-1, -2) * self.scale         # (B, H, T, T) = sum_ab M_ab S_ab
+        views = q @ k.transpose(-1, -2) * self.scale             # (2, B, H, T, T): S1, S2
+        if self.cues:
+            s = s + torch.einsum("a,anhji->nhij", self.t.to(s.dtype), views)   # t1 S1^T + t2 S2^T
+        a = masked_softmax(s, mask)                              # (B, H, T, T)
+        if self.prior:
+            a = (1.0 - self.prior_weight) * a + self.prior_weight * self._sharp(views, mask, pad)
+        return self.proj(merge_heads(a @ v))
+
+    def _sharp(self, views: torch.Tensor, mask: torch.Tensor | None, pad: torch.Tensor | None) -> torch.Tensor:
+        """A_sharp(i, j) ~ A1(i, j) A2(k*(i), j), computed in log space as softmax(S1 + log A2[k*]).
+
+        For a real query the two supports always share k* itself. A padded query's may not (its
+        anchor can be another padded row), so log 0 is floored at a finite -1e4 rather than -inf:
+        such rows stay finite, and real rows are unchanged because exp(-1e4) is exactly 0."""
+        s1, s2 = views
+        log_a2 = s2.masked_fill(~mask, float("-inf")).log_softmax(-1) if mask is not None else s2.log_softmax(-1)
+        idx = self._anchor(log_a2.exp(), pad)                    # (B, H, T|1): anchor row per query
+        prior = log_a2.gather(-2, idx[..., None].expand(*idx.shape, s2.shape[-1]))   # (B, H, T|1, T)
+        prior = prior.clamp_min(-1e4)
+        return masked_softmax(s1 + prior, mask)
+
+    def _anchor(self, a2: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        """The reference's argmax of A2's row sums is always row 0 (every softmax row sums to 1).
+        "colmass" anchors on the key that real queries attend to most in view 2. In a causal context
+        query i only counts queries <= i (a cumulative sum), so k*(i) <= i and its row of A2 only
+        reads tokens <= i. "fixed" uses fixed_k_star, clamped to i when causal, falling back to
+        colmass where that position is padding (a padded row would leak into real outputs)."""
+        B, H, T, _ = a2.shape
+        w = a2 if pad is None else a2 * pad[:, None, :, None].to(a2.dtype)   # real queries only
+        mass = w.cumsum(-2) if self.causal else w.sum(-2, keepdim=True)      # (B, H, T|1, T)
+        idx = mass.argmax(-1)                                                # (B, H, T|1)
+        if self.anchor == "fixed":
+            pos = torch.arange(T, device=a2.device)
+            fixed = pos.clamp(max=self.fixed_k_star) if self.causal else pos.new_full((1,), self.fixed_k_star)
+            fixed = fixed.clamp(max=T - 1).expand(B, H, -1)                  # (B, H, T|1)
+            if pad is not None:
+                ok = pad.gather(1, fixed[:, 0])[:, None]                     # (B, 1, T|1)
+                fixed = torch.where(ok, fixed, idx)
+            idx = fixed
+        return idx

@@ -1,0 +1,66 @@
+"""MoP mode D: multi-hop, value-aware mixing of two score maps.
+
+    Smix = S1 + g_and S2 + g_or (LSE(S1, S2) - S1) - g_not beta S2 + g_chain log(C + eps)
+    C    = A1 @ A2^(hops-1)                       (i -> k -> ... -> j through view 2)
+    y    = softmax(Smix) @ v1 + sigmoid(chain_value_logit) * C @ v2
+
+C @ v2 is A1 @ (A2^(hops-1) @ v2) by associativity; C is needed for the score term anyway, so the
+value transport costs one (T, T) x (T, Dh) product instead of hops of them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.nn.context import SeqContext
+from harness_mop._common import masked_softmax, merge_heads, score_mask, split_views
+
+
+class MultiHopAttention(nn.Module):
+    """Gates are fixed floats (the reference) or, with learn_gates, learnable scalars initialised
+    to them. Terms whose fixed gate is 0 are not computed (a static choice, made once here)."""
+
+    def __init__(self, dim: int, *, heads: int, ctx: SeqContext, hops: int = 3, gate_and: float = 1.0,
+                 gate_or: float = 0.0, gate_not: float = 0.0, gate_chain: float = 1.0, beta_not: float = 0.5,
+                 learn_gates: bool = False, chain_value_init: float = -2.0, eps: float = 1e-6):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        if hops < 1:
+            raise ValueError(f"hops must be >= 1, not {hops}")
+        self.heads, self.causal, self.hops = heads, ctx.causal, int(hops)
+        self.scale = (dim // heads) ** -0.5
+        self.beta, self.eps, self.learn = float(beta_not), float(eps), learn_gates
+        self.qkv = nn.Linear(dim, 6 * dim, bias=False)            # q1, q2, k1, k2, v1, v2
+        self.proj = nn.Linear(dim, dim, bias=False)
+        gates = torch.tensor([gate_and, gate_or, gate_not, gate_chain], dtype=torch.float32)
+        if learn_gates:
+            self.gates = nn.Parameter(gates)
+        else:
+            self.register_buffer("gates", gates, persistent=False)
+        self.active = tuple(learn_gates or g != 0.0 for g in gates.tolist())   # and, or, not, chain
+        self.chain_value_logit = nn.Parameter(torch.tensor(float(chain_value_init)))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        T = x.shape[1]
+        u = split_views(self.qkv(x), 6, self.heads)               # (6, B, H, T, Dh)
+        q, k, v = u[0:2], u[2:4], u[4:6]
+        s = q @ k.transpose(-1, -2) * self.scale                  # (2, B, H, T, T): S1, S2, finite
+        mask = score_mask(pad, self.causal, T, x.device)
+        a = masked_softmax(s, mask)                               # (2, B, H, T, T): A1, A2
+        # A1 @ A2^(hops-1); matrix_power squares repeatedly, no Python loop over hops.
+        c = a[0] if self.hops == 1 else a[0] @ torch.linalg.matrix_power(a[1], self.hops - 1)
+        g = self.gates.to(s.dtype)
+        use_and, use_or, use_not, use_chain = self.active
+        smix = s[0]                                               # (B, H, T, T)
+        # Every term reads the finite raw scores; the mask is applied once, to the sum.
+        if use_and:
+            smix = smix + g[0] * s[1]
+        if use_or:
+            smix = smix + g[1] * (torch.logsumexp(s, 0) - s[0])
+        if use_not:
+            smix = smix - (g[2] * self.beta) * s[1]
+        if use_chain:
+            smix = smix + g[3] * torch.log(c + self.eps)          # C is 0 where masked: log(eps), finite
+        y = masked_softmax(smix, mask) @ v[0] + torch.sigmoid(self.chain_value_logit) * (c @ v[1])
+        return self.proj(merge_heads(y))
