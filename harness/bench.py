@@ -21,6 +21,7 @@ import click
 REFERENCE = "softmax"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+NOISY_SPREAD = 0.25  # (p80 - p20) / median above which a timing is flagged as noisy
 COLUMNS = ["mixer", "T", "status", "fwd_ms", "fwd_ms_p20", "fwd_ms_p80", "fwd_bwd_ms", "fwd_bwd_ms_p20",
            "fwd_bwd_ms_p80", "ratio_vs_softmax", "fwd_ratio_vs_softmax", "peak_mem_mb", "flops", "grid",
            "options", "message"]
@@ -322,6 +323,18 @@ def log_to_mlflow(tracking_uri: str, params: dict[str, Any], frame: Any, files: 
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+def _busy_warning(device: Any) -> str | None:
+    """CPU timings are only as good as the machine is idle: say so when something else runs."""
+    if device.type != "cpu":
+        return None
+    import psutil
+
+    busy = psutil.cpu_percent(interval=0.3)  # all cores, while this process sleeps
+    if busy < 25:
+        return None
+    return (f"the CPU is {busy:.0f}% busy with other processes: times (and less so ratios) will be noisy")
+
+
 def _threads() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
@@ -384,6 +397,9 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     console.print(f"[bold]harness bench[/bold]  device={device_label(dev)}  dtype={dtype}  "
                   f"torch={torch.__version__}  threads={torch.get_num_threads()}")
     console.print(f"shape: {shape}  T={','.join(map(str, lens))}  warmup={warmup} reps={reps}")
+    busy = _busy_warning(dev)
+    if busy:
+        console.print(f"[yellow]{busy}[/yellow]")
     if mixers.strip() != "all" and REFERENCE not in [n.strip() for n in mixers.split(",")]:
         console.print(f"({REFERENCE} added as the reference for ratios)")
 
@@ -402,14 +418,22 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     console.print(results_table(frame, backward))
     for r in frame[frame["status"] != "ok"].itertuples(index=False):
         console.print(f"  {r.mixer} T={r.T}: {r.status}: {r.message}", markup=False)
-
     time_col = "fwd_bwd_ms" if backward else "fwd_ms"
+    spread = (frame[f"{time_col}_p80"] - frame[f"{time_col}_p20"]) / frame[time_col]
+    noisy = frame[spread > NOISY_SPREAD]
+    if len(noisy):
+        cases = ", ".join(f"{r.mixer} T={r.T}" for r in noisy.itertuples(index=False))
+        console.print(f"[yellow]noisy (p20..p80 wider than {NOISY_SPREAD:.0%} of the median): {cases}[/yellow]")
+
     fit, last = loglog_slope(frame, REFERENCE, time_col)
     if last is not None:
         ok_t = frame[(frame["mixer"] == REFERENCE) & (frame["status"] == "ok")]["T"]
-        console.print(f"{REFERENCE} {time_col} ~ T^{fit:.2f} (log-log fit over T={ok_t.min()}..{ok_t.max()}), "
-                      f"T^{last:.2f} between the two longest T. Attention is T^2; the projections are T^1 "
-                      f"and dominate at short T, so the slope approaches 2 only as T grows.")
+        flops_fit, flops_last = loglog_slope(frame, REFERENCE, "flops")
+        # Attention FLOPs grow as T^2, the projections' as T; the former dominate only for T > 2 * dim,
+        # so the FLOPs slope is the honest yardstick for the time slope at these lengths.
+        console.print(f"{REFERENCE} {time_col} ~ T^{fit:.2f} (log-log fit, T={ok_t.min()}..{ok_t.max()}), "
+                      f"T^{last:.2f} between the two longest T; its FLOPs grow as T^{flops_fit:.2f} and "
+                      f"T^{flops_last:.2f} (T^2 once attention dominates, T >> 2*dim={2 * dim}).")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

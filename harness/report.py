@@ -383,12 +383,13 @@ def _explanation(summary: "pd.DataFrame", metric: str) -> str:
             f"{_OVERRIDE_MARK} = variant with per-variant overrides.")
 
 
-def _fit_columns(natural: list[int], narrowest: list[int], width: int) -> tuple[int, list[int] | None]:
-    """(padding, fixed column widths or None for rich's own) for a SIMPLE_HEAD table in ``width``.
+def _fit_columns(natural: list[int], narrowest: list[int], width: int) -> tuple[int, list[int] | None] | None:
+    """(padding, fixed column widths or None for rich's own) for a SIMPLE_HEAD table in ``width``,
+    or None when it cannot fit.
 
     Rich shrinks an over-wide table without regard to word boundaries and crops the last columns,
     so narrow a table here: take the widest column down one character at a time, never below its
-    longest word; with padding 1 if that fits, else padding 0, else leave it to rich (folding)."""
+    longest word; with padding 1 if that fits, else padding 0."""
     n = len(natural)
     for pad in (1, 0):
         avail = width - (n - 1) * (1 + pad) - 2
@@ -403,7 +404,21 @@ def _fit_columns(natural: list[int], narrowest: list[int], width: int) -> tuple[
             widths[widest] -= 1
         if sum(widths) <= avail:
             return pad, widths
-    return 0, None
+    return None
+
+
+def default_console() -> "Console":
+    """A rich console; 160 columns wide when stdout is not a terminal (a log file, a pipe), where
+    nothing wraps the lines and rich's default of 80 would squeeze the table."""
+    from rich.console import Console
+
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        return Console(width=160)
+    return Console()
+
+
+# Columns a narrow terminal may leave out, least needed first (the files keep them all).
+_DROPPABLE = ("mixer", "peak MB", "samples/s", "tokens/s", "95% CI")
 
 
 def print_summary(
@@ -416,60 +431,67 @@ def print_summary(
 ) -> None:
     """Print the summary as a rich table, then override footnotes and failed runs with reasons.
 
-    Failed runs come from ``frame`` when given, else from ``summary.attrs["failures"]``."""
+    Failed runs come from ``frame`` when given, else from ``summary.attrs["failures"]``. On a
+    terminal too narrow for every column, the least needed ones are left out (and named)."""
     from rich import box
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console()
+    console = console or default_console()
     if summary.empty:
         console.print("[yellow]no runs to report[/yellow]")
         return
     header, rows, best = _table(summary, metric)
-    direction = "higher" if summary.attrs.get("higher_is_better", True) else "lower"
     header[3] = "mean ± std"
+    direction = "higher" if summary.attrs.get("higher_is_better", True) else "lower"
     heading = f"{title + ' · ' if title else ''}{metric} ({direction} is better)"
-    metric_col = header.index(header[3])
     right = {"params (gap)", "95% CI", "samples/s", "tokens/s", "peak MB"}
-    keep = {0, metric_col}   # variant and mean ± std are never wrapped
+    records = list(summary.itertuples(index=False))
 
-    def layout(header: list[str], rows: list[list[str]]) -> tuple[int, list[int] | None]:
+    def without(name: str) -> None:
+        i = header.index(name)
+        del header[i]
+        for row in rows:
+            del row[i]
+
+    hidden: list[str] = []
+    if all(not r.mixer or r.mixer == r.variant for r in records):
+        without("mixer")   # it would repeat the variant names
+    while True:
+        keep = {0, header.index("mean ± std")}   # variant and mean ± std are never wrapped
         natural = [max(len(text) for text in [*(row[i] for row in rows), name])
                    for i, name in enumerate(header)]
         # the narrowest a column may get: its longest word, so wrapping never splits a number
         narrowest = [natural[i] if i in keep else
                      max(len(w) for text in [*(row[i] for row in rows), name] for w in text.split() or [""])
                      for i, name in enumerate(header)]
-        return _fit_columns(natural, narrowest, console.width)
+        fit = _fit_columns(natural, narrowest, console.width)
+        droppable = [name for name in _DROPPABLE if name in header]
+        if fit is not None or not droppable:
+            break
+        hidden.append(droppable[0])
+        without(droppable[0])
+    pad, widths = fit if fit is not None else (0, None)   # still too narrow: rich folds the cells
 
-    mixer_note = None
-    redundant = all(not r.mixer or r.mixer == r.variant for r in summary.itertuples(index=False))
-    pad, widths = (0, None) if redundant else layout(header, rows)
-    if redundant or widths is None and pad == 0:
-        # The mixer column repeats the variant names, or the table is too wide for the terminal
-        # with it: leave it out (and list the mixers beneath when they say something new).
-        if not redundant:
-            mixer_note = ", ".join(f"{r.variant}={r.mixer}" for r in summary.itertuples(index=False)
-                                   if r.mixer and r.mixer != r.variant)
-        header = header[:1] + header[2:]
-        rows = [row[:1] + row[2:] for row in rows]
-        metric_col -= 1
-        keep = {0, metric_col}
-        pad, widths = layout(header, rows)
     table = Table(title=heading, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, pad), collapse_padding=True)
     for i, name in enumerate(header):
+        # "fold", not "…", if rich must cut a cell: a cut-off number reads as another number
         table.add_column(name, justify="right" if name in right else "left", no_wrap=i in keep,
                          width=widths[i] if widths else None, overflow="fold")
+    metric_col = header.index("mean ± std")
     for cells, is_best in zip(rows, best):
         cells = [escape(c) for c in cells]
         if is_best:
             cells[metric_col] = f"[bold]{cells[metric_col]}[/bold]"
         table.add_row(*cells)
     console.print(table)
-    if mixer_note:
-        console.print(f"mixers: {escape(mixer_note)}")
+    if hidden:
+        console.print(f"[dim]columns left out for the terminal width: {', '.join(hidden)} "
+                      f"(all are in summary.csv)[/dim]")
+        if "mixer" in hidden:
+            mixers = ", ".join(f"{r.variant}={r.mixer}" for r in records if r.mixer and r.mixer != r.variant)
+            console.print(f"mixers: {escape(mixers)}")
     for note in _override_notes(summary):
         console.print(f"{_OVERRIDE_MARK} per-variant overrides — {escape(note)}")
     console.print(f"[dim]{escape(_explanation(summary, metric))}[/dim]")
@@ -533,16 +555,27 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
+_MAX_CURVES = 6
+
+
 def _history_keys(results: list[RunResult], metric: str) -> list[str]:
-    keys: list[str] = []
+    """The curves worth a subplot: validation and training metrics (not the learning rate) that
+    some run logged at two or more steps; the suite's validation metric and train/loss first."""
+    steps: dict[str, set[float]] = {}
     for result in results:
+        seen: dict[str, set[float]] = {}
         for point in result.history or ():
             for key, value in point.items():
-                if key != "step" and key not in keys and _is_finite(value):
-                    keys.append(key)
+                if key != "step" and _is_finite(value) and _is_finite(point.get("step")):
+                    seen.setdefault(key, set()).add(float(point["step"]))
+        for key, s in seen.items():
+            if len(s) > len(steps.get(key, ())):
+                steps[key] = s
+    keys = [k for k, s in steps.items()
+            if len(s) >= 2 and k.startswith(("val/", "train/")) and k != "train/lr"]
     val_metric = "val/" + metric.split("/", 1)[-1]
-    priority = [k for k in (val_metric, metric, "val/loss", "train/loss") if k in keys]
-    return [*priority, *sorted(k for k in keys if k not in priority)]
+    priority = [k for k in (val_metric, "train/loss", "val/loss") if k in keys]
+    return [*priority, *sorted(k for k in keys if k not in priority)][:_MAX_CURVES]
 
 
 def _plot_learning_curves(results: list[RunResult], path: Path, metric: str, title: str) -> bool:
@@ -785,9 +818,11 @@ _MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"
 def _child_result(client: Any, child: Any, metric: str, suite: str) -> RunResult:
     tags = child.data.tags
     params = child.data.params
-    latest = child.data.metrics
-    efficiency = {k: float(v) for k, v in latest.items() if k in EFFICIENCY_KEYS}
-    metrics = {k: float(v) for k, v in latest.items() if k not in EFFICIENCY_KEYS}
+    # MLflow's own system metrics (log_system_metrics) are monitoring, not results
+    latest = {k: v for k, v in child.data.metrics.items() if not k.startswith("system/")}
+    # results are namespaced ("test/accuracy", "val/loss"); efficiency figures are not ("params")
+    efficiency = {k: float(v) for k, v in latest.items() if k in EFFICIENCY_KEYS or "/" not in k}
+    metrics = {k: float(v) for k, v in latest.items() if k not in efficiency}
     by_step: dict[int, dict[str, float]] = {}
     for key in metrics:
         points = client.get_metric_history(child.info.run_id, key)
@@ -983,12 +1018,7 @@ def report_command(experiment_or_dir: str, tracking_uri: str | None, out_dir: st
                                        f"(variants: {', '.join(variants)})")
         chosen_reference = variants[0]
 
-    from rich.console import Console
-
-    # Not a terminal (a log file, a pipe): nothing wraps the lines, so do not squeeze the table
-    # into rich's default 80 columns.
-    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    console = Console(width=160) if wide else Console()
+    console = default_console()
     frame = results_frame(results)
     summary = summarize(frame, chosen_metric, higher_is_better, chosen_reference)
     print_summary(summary, chosen_metric, console, frame=frame, title=title)

@@ -44,7 +44,7 @@ def make_result(variant: str, seed: int, acc: float | None, *, overrides=(), mix
         efficiency={"params": params, "target_params": TARGET, "param_gap": (params - TARGET) / TARGET,
                     "flops_per_token": 1.5e6, "samples_per_s": 1000.0 + 10 * seed, "peak_mem_mb": 512.0},
         history=[{"step": s, "train/loss": 2.0 / s + seed * 0.01,
-                  **({"val/accuracy": acc * s / 300} if s % 200 == 0 else {})}
+                  **({"val/accuracy": acc * s / 300} if s >= 200 else {})}
                  for s in (100, 200, 300)],
         run_id=f"{variant}-{seed}",
     )
@@ -181,6 +181,8 @@ def test_write_reports_creates_all_files(tmp_path):
     for path in written.values():
         assert path.is_file() and path.stat().st_size > 0
     assert written["learning_curves.png"].read_bytes()[:4] == b"\x89PNG"
+    # one subplot per curve: the suite's validation metric first, then train/loss
+    assert report._history_keys(make_results(), METRIC) == ["val/accuracy", "train/loss"]
     md = written["results.md"].read_text()
     for variant in ACC:
         assert f"| {variant}" in md
