@@ -403,8 +403,8 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     if mixers.strip() != "all" and REFERENCE not in [n.strip() for n in mixers.split(",")]:
         console.print(f"({REFERENCE} added as the reference for ratios)")
 
-    # No auto-refresh: a background render thread competes with torch's threads for the cores
-    # and made CPU timings several times slower and bimodal.
+    # Refresh only between cases: an auto-refresh thread would wake up during the timed calls and
+    # compete with torch's threads for the cores.
     with Progress(console=console, transient=True, auto_refresh=False) as progress:
         task = progress.add_task("benchmarking", total=len(names) * len(lens))
 

@@ -155,6 +155,18 @@ def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str
         click.echo(f"{len(failed)} run(s) failed; see the table above and runs.jsonl.", err=True)
 
 
+def _add_core_commands() -> None:
+    # Their modules import only click at the top; torch, pandas and mlflow load inside the commands.
+    from harness.bench import bench_command
+    from harness.report import report_command
+
+    cli.add_command(bench_command, "bench")
+    cli.add_command(report_command, "report")
+
+
+_add_core_commands()
+
+
 def _register_plugin_commands() -> None:
     from harness import plugins
 

@@ -54,8 +54,14 @@ class RunLog:
         return done
 
     def append(self, result: RunResult) -> None:
+        line = json.dumps(_jsonable(asdict(result))) + "\n"
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb") as fh:
+                fh.seek(-1, 2)
+                if fh.read(1) != b"\n":  # a line cut short by a crash must not swallow this one
+                    line = "\n" + line
         with self.path.open("a") as fh:
-            fh.write(json.dumps(_jsonable(asdict(result))) + "\n")
+            fh.write(line)
 
 
 def _seed_everything(seed: int) -> None:

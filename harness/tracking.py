@@ -121,8 +121,13 @@ def _higher(metric: str) -> bool:
 def run_started(run: Any) -> None:
     if not _State.enabled or _State.parent_id is None:
         return
+    _start_child(run, system_metrics=True)
+
+
+def _start_child(run: Any, system_metrics: bool, **extra_tags: str) -> None:
     mlflow = _mlflow()
-    child = mlflow.start_run(run_name=run.key, nested=True, log_system_metrics=True, tags={
+    child = mlflow.start_run(run_name=run.key, nested=True, log_system_metrics=system_metrics, tags={
+        **extra_tags,
         "harness.role": "run", "harness.suite": run.suite, "harness.variant": run.variant,
         "harness.seed": str(run.seed), "harness.mixer": run.mixer, "harness.model": run.model,
         "harness.config_hash": run.config_hash, "harness.overrides": ",".join(run.overrides),
@@ -144,7 +149,12 @@ def metrics_logged(run: Any, metrics: dict[str, float], step: int) -> None:
 
 @hookimpl
 def run_finished(run: Any, result: Any) -> None:
-    if not _State.enabled or _State.child_id is None or result.status == "skipped":
+    if not _State.enabled or _State.parent_id is None:
+        return
+    if result.status == "skipped":
+        # A re-used result still gets a child, so this invocation's parent holds the whole suite.
+        _start_child(run, system_metrics=False, **{"harness.reused_run_id": result.run_id or ""})
+    if _State.child_id is None:
         return
     mlflow = _mlflow()
     final = {**result.metrics, **{k: v for k, v in result.efficiency.items() if v is not None}}
@@ -158,8 +168,9 @@ def run_finished(run: Any, result: Any) -> None:
     mlflow.set_tag("harness.status", result.status)
     if result.error:
         mlflow.set_tag("harness.error", result.error[:5000])
-    result.run_id = _State.child_id
-    status = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}[result.status]
+    if result.status != "skipped":
+        result.run_id = _State.child_id
+    status = {"finished": "FINISHED", "skipped": "FINISHED", "failed": "FAILED", "killed": "KILLED"}[result.status]
     mlflow.end_run(status=status)
     _State.child_id = None
 
