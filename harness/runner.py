@@ -87,7 +87,7 @@ def _error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
-def execute_run(run: Run, plan: Plan, task: Any, hook: Any) -> RunResult:
+def execute_run(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path = Path(".")) -> RunResult:
     """Build, count, train and evaluate one run. Exceptions propagate to the caller."""
     import torch
 
@@ -115,9 +115,44 @@ def execute_run(run: Run, plan: Plan, task: Any, hook: Any) -> RunResult:
                     on_metrics=lambda metrics, step: hook.metrics_logged(run=run, metrics=metrics, step=step))
     efficiency.update(samples_per_s=outcome.samples_per_s, train_time_s=outcome.train_time_s,
                       loop_overhead=outcome.loop_overhead, peak_mem_mb=_peak_mem_mb(device))
-    if hasattr(model, "grid"):
-        efficiency["tokens_per_s"] = outcome.samples_per_s * model.grid[0] * model.grid[1]
-    return RunResult(run, "finished", metrics=outcome.metrics, efficiency=efficiency, history=outcome.history)
+    tokens_per_sample = tokens // example.shape[0]
+    efficiency["tokens_per_s"] = outcome.samples_per_s * tokens_per_sample
+    artifacts = {}
+    if run.profile:
+        artifacts = _profile(run, model, task, cfg, device, efficiency, tokens_per_sample, out_dir)
+    return RunResult(run, "finished", metrics=outcome.metrics, efficiency=efficiency, history=outcome.history,
+                     artifacts=artifacts)
+
+
+def _profile(run: Run, model: Any, task: Any, cfg: Any, device: Any, efficiency: dict[str, float],
+             tokens_per_sample: int, out_dir: Path) -> dict[str, str]:
+    """A few extra training steps under torch.profiler, plus FLOPs per step and MFU."""
+    from harness import profiling
+    from harness.nn.aux import collect_aux
+    from harness.train import autocast_for
+
+    autocast = autocast_for(device, cfg.amp)
+    batch = tuple(t.to(device) for t in next(iter(task.batches("train", cfg.batch_size, seed=run.seed))))
+
+    def step() -> None:
+        with autocast():
+            loss = task.loss(model, batch)
+        losses, _ = collect_aux(model)
+        (loss + sum(losses.values())).backward() if losses else loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    folder = out_dir / "profiles" / f"{run.variant}-seed{run.seed}"
+    paths = profiling.profile_steps(step, steps=run.profile["steps"], out_dir=folder, wait=run.profile["wait"],
+                                    warmup=run.profile["warmup"])
+    flops_step = profiling.flops_of(step)
+    efficiency["flops_per_step"] = flops_step
+    steps_per_s = efficiency["samples_per_s"] / cfg.batch_size
+    util, estimated = profiling.mfu(flops_step * steps_per_s, device)
+    if util is not None:
+        efficiency["mfu"] = util
+        efficiency["mfu_estimated"] = float(estimated)
+    return paths
 
 
 def _peak_mem_mb(device: Any) -> float:
@@ -176,7 +211,7 @@ def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any =
                     console.print(f"[dim]skip {run.key}: finished before with the same config[/dim]")
                     hook.run_finished(run=run, result=result)
                 else:
-                    result = _run_one(run, plans[run.variant], task, hook, progress, console)
+                    result = _run_one(run, plans[run.variant], task, hook, progress, console, out_dir)
                     hook.run_finished(run=run, result=result)  # first: the tracker sets result.run_id
                     log.append(result)
                 results.append(result)
@@ -194,7 +229,7 @@ def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any =
     return results
 
 
-def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: Any, console: Any) -> RunResult:
+def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: Any, console: Any, out_dir: Path) -> RunResult:
     hook.run_started(run=run)
     bar = progress.add_task(f"  {run.key}", total=run.train["steps"])
 
@@ -205,7 +240,7 @@ def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: Any, console:
 
     start = time.perf_counter()
     try:
-        result = execute_run(run, plan, task, _Hook())
+        result = execute_run(run, plan, task, _Hook(), out_dir)
     except KeyboardInterrupt:
         progress.remove_task(bar)
         raise

@@ -157,3 +157,4 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)  # [{"step": 100, "val/accuracy": 0.8, ...}]
     error: str | None = None
     run_id: str | None = None                                   # tracker's id (MLflow child run)
+    artifacts: dict[str, str] = field(default_factory=dict)     # name -> file (profiler trace, op table)

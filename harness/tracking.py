@@ -165,6 +165,8 @@ def run_finished(run: Any, result: Any) -> None:
         mlflow.log_params({"params.target": int(result.efficiency["target_params"]),
                            "params.achieved": int(result.efficiency["params"]),
                            "params.gap": f"{result.efficiency['param_gap']:+.4%}"})
+    for path in result.artifacts.values():
+        mlflow.log_artifact(path, artifact_path="profile")
     mlflow.set_tag("harness.status", result.status)
     if result.error:
         mlflow.set_tag("harness.error", result.error[:5000])

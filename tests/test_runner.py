@@ -112,3 +112,13 @@ def test_mlflow_parent_and_children(in_tmp):
     assert [m.step for m in history] == [4, 8, 12]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents.run_id.iloc[0])}
     assert {"results.csv", "results.md", "suite.json"} <= artifacts
+
+
+def test_profiled_run_records_trace_table_and_mfu(in_tmp):
+    tracking.configure(enabled=False)
+    results = run_suite(suite(in_tmp, "profile.enabled=true", "profile.steps=2", "train.steps=4"), variants=["softmax"])
+    r = results[0]
+    assert set(r.artifacts) == {"trace", "table"}
+    assert json.load(open(r.artifacts["trace"]))["traceEvents"]
+    assert "aten::" in open(r.artifacts["table"]).read()
+    assert r.efficiency["flops_per_step"] > 0 and 0 < r.efficiency["mfu"] < 1
