@@ -51,7 +51,6 @@ __all__ = [
 
 RUNS_FILE = "runs.jsonl"
 SUITE_FILE = "suite.json"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 FINISHED_STATUSES = ("finished", "skipped")   # skipped = re-used from an earlier invocation
 FAILED_STATUSES = ("failed", "killed")
@@ -772,7 +771,9 @@ def read_suite_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    from harness.tracking import tracking_uri as resolve
+
+    return resolve(tracking_uri)
 
 
 def _sqlite_path(uri: str) -> Path | None:

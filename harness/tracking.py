@@ -28,8 +28,9 @@ def configure(*, enabled: bool = True, tracking_uri: str | None = None) -> None:
     _State.enabled, _State.uri = enabled, tracking_uri
 
 
-def tracking_uri() -> str:
-    return _State.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def tracking_uri(explicit: str | None = None) -> str:
+    """``explicit``, else ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the local sqlite store."""
+    return explicit or _State.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def metric_key(name: str) -> str:
@@ -51,7 +52,8 @@ def _mlflow() -> Any:
 
     import mlflow
 
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    for name in ("mlflow", "alembic"):  # database set-up and system-metrics chatter would bury the progress bars
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Our runs are often shorter than MLflow's default 10 s sampling interval.
     mlflow.set_system_metrics_sampling_interval(2)
     mlflow.set_system_metrics_samples_before_logging(1)

@@ -131,3 +131,22 @@ def test_model_task_input_mismatch(tmp_path):
     path = write(tmp_path, "lm.toml", BASE.replace('model = "vit"', 'model = "lm"'))
     out = validate_cli(path)
     assert out.returncode == 1 and "model 'lm' takes tokens inputs but task 'digits' gives image" in out.stderr
+
+
+SUITES = sorted(p.name for p in (__import__("pathlib").Path(__file__).parents[1] / "suites").glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_shipped_suites_validate(name, tmp_path):
+    from harness.tasks.base import TaskDataError
+
+    suite = load_suite(f"suites/{name}", [f"task.data_root='{tmp_path}'"] if name.startswith("cifar") else [])
+    if name.startswith("cifar"):
+        with pytest.raises(SuiteError) as err:  # no data here: exactly one problem, the data, with the fix
+            check_suite(suite)
+        assert len(err.value.problems) == 1 and "task.download = true" in err.value.problems[0]
+        plans = check_suite(suite, check_data=False)
+    else:
+        plans = check_suite(suite)
+    assert set(plans) == set(suite.variants)
+    assert all(abs(p.gap) <= suite.budget.tolerance for p in plans.values())
