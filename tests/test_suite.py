@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -133,13 +134,11 @@ def test_model_task_input_mismatch(tmp_path):
     assert out.returncode == 1 and "model 'lm' takes tokens inputs but task 'digits' gives image" in out.stderr
 
 
-SUITES = sorted(p.name for p in (__import__("pathlib").Path(__file__).parents[1] / "suites").glob("*.toml"))
+SUITES = sorted(p.name for p in (Path(__file__).parents[1] / "suites").glob("*.toml"))
 
 
 @pytest.mark.parametrize("name", SUITES)
 def test_shipped_suites_validate(name, tmp_path):
-    from harness.tasks.base import TaskDataError
-
     suite = load_suite(f"suites/{name}", [f"task.data_root='{tmp_path}'"] if name.startswith("cifar") else [])
     if name.startswith("cifar"):
         with pytest.raises(SuiteError) as err:  # no data here: exactly one problem, the data, with the fix
