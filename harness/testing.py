@@ -2,8 +2,8 @@
 
 ``check_mixer("my.mixer", **options)`` builds a registered mixer at a tiny size and verifies the
 mixer contract: output shape, finite outputs and gradients, a non-zero gradient for every
-parameter, no causal leak (when ``causal_ok``), no padding leak (when ``padding_ok``), token mixing
-and determinism. A failure raises ``AssertionError`` naming the property and the measured deviation.
+parameter, no causal leak (when ``causal_ok``), no padding leak (when ``padding_ok``), token mixing,
+determinism, and KV-cache decoding equal to a causal forward (when ``kv_cache``). A failure raises ``AssertionError`` naming the property and the measured deviation.
 Call it from a plugin's tests; the core's own tests run it over every registered mixer.
 """
 from __future__ import annotations
@@ -46,13 +46,13 @@ def check_mixer(name: str, *, dim: int = 32, heads: int = 4, grid: tuple[int, in
 
     Returns the measured figures (max deviations, smallest gradient) for reporting. ``checks``
     restricts the properties checked (names: shape, finite, gradients, causal, padding, mixing,
-    determinism); by default every property that applies to the mixer's capabilities is checked.
+    determinism, kv_cache); by default every property that applies to the mixer's capabilities is checked.
     """
     spec = mixer_spec(name)
     t = grid[0] * grid[1]
     # Every context carries the grid: it costs 1D mixers nothing and grid mixers need it.
     bidir = SeqContext(max_len=t, causal=False, grid=grid)
-    wanted = set(checks or ("shape", "finite", "gradients", "causal", "padding", "mixing", "determinism"))
+    wanted = set(checks or ("shape", "finite", "gradients", "causal", "padding", "mixing", "determinism", "kv_cache"))
     figures: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, t, dim, generator=gen, dtype=torch.float64)
@@ -85,7 +85,24 @@ def check_mixer(name: str, *, dim: int = 32, heads: int = 4, grid: tuple[int, in
             _check_gradients(causal, x, gen)
         if "padding" in wanted and spec.padding_ok:
             _check_padding(causal, x, gen)
+        if "kv_cache" in wanted and spec.kv_cache:
+            figures["kv_cache"] = _check_kv_cache(causal, x)
     return figures
+
+
+@torch.no_grad()
+def _check_kv_cache(module: nn.Module, x: torch.Tensor) -> float:
+    """Decoding in chunks through ``forward_cached`` must equal one causal forward."""
+    full = module(x)
+    cache: dict[str, torch.Tensor] = {}
+    t = x.shape[1]
+    cuts = [0, t // 2, t // 2 + 1, t]
+    steps = [module.forward_cached(x[:, a:b], cache) for a, b in zip(cuts, cuts[1:])]
+    collect_aux(module)
+    dev = _max_dev(full, torch.cat(steps, 1))
+    if dev > 1e-9:
+        raise _fail("kv cache", f"forward_cached differs from forward by {dev:.3e}")
+    return dev
 
 
 def _check_gradients(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> float:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from harness import MixerSpec, hookimpl
+from harness.nn.softmax import SoftmaxAttention
 from harness.registry import get_registries
 from harness.testing import check_mixer, temporary_plugin
 
@@ -63,12 +64,20 @@ class DeadRouter(_Base):
         return self.proj((m / m.sum(-1, keepdim=True)) @ x) * (1 + 0 * choice)
 
 
+class ForgetfulCache(SoftmaxAttention):
+    """Claims a KV cache but attends only within each decoded chunk."""
+
+    def forward_cached(self, x, cache):
+        return super().forward_cached(x, {})
+
+
 class BrokenMixers:
     @hookimpl
     def register_mixers(register):
         for name, cls in [("broken.future", FutureLeak), ("broken.padding", PaddingLeak),
                           ("broken.identity", Identity), ("broken.dead_router", DeadRouter)]:
             register(MixerSpec(name, cls, causal_ok=True, padding_ok=True))
+        register(MixerSpec("broken.kv_cache", ForgetfulCache, kv_cache=True))
 
 
 @pytest.fixture(scope="module", autouse=False)
@@ -82,6 +91,7 @@ def broken():
     ("broken.padding", "padding leak"),
     ("broken.identity", "token mixing"),
     ("broken.dead_router", "parameter gradients"),
+    ("broken.kv_cache", "kv cache"),
 ])
 def test_broken_mixer_is_caught(broken, name, prop):
     with pytest.raises(AssertionError, match=prop) as err:
