@@ -96,22 +96,22 @@ def test_variant_overrides_change_hash_and_are_flagged():
     assert load_suite(SMOKE, ["train.lr=0.001"]).runs()[0].config_hash != runs["softmax"].config_hash
 
 
-class CausalTask:
-    @hookimpl
-    def register_tasks(register):
-        register(TaskSpec("tiny_causal", "tests.test_suite:tiny_causal", causal=True, metrics=("accuracy",)))
-
-    @hookimpl
-    def register_mixers(register):
-        register(MixerSpec("bidirectional_only", "harness.nn.softmax:SoftmaxAttention", causal_ok=False))
-
-
 def tiny_causal():
     from harness.specs import TaskMeta
 
     class T:
         meta = TaskMeta("tokens", vocab_size=10, max_len=8, num_classes=10, causal=True)
     return T()
+
+
+class CausalTask:
+    @hookimpl
+    def register_tasks(register):
+        register(TaskSpec("tiny_causal", tiny_causal, causal=True, metrics=("accuracy",)))
+
+    @hookimpl
+    def register_mixers(register):
+        register(MixerSpec("bidirectional_only", "harness.nn.softmax:SoftmaxAttention", causal_ok=False))
 
 
 def test_capability_mismatch_is_reported():
