@@ -131,13 +131,32 @@ def validate_command(suite_path: str, overrides: tuple[str, ...]) -> None:
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
               "sqlite:///mlruns/mlflow.db).")
 @click.option("--out", "output_dir", default=None, help="Output folder (default: results/<suite name>).")
+@click.option("--best", is_flag=True, help="Give each variant its best tuned params (study <suite>.<variant> "
+              "from `harness tune`) and run it over all seeds.")
+@click.option("--storage", default=None, help="Optuna storage for --best (default: sqlite:///mlruns/optuna.db).")
+@click.option("--profile", is_flag=True, help="Profile every run (as [profile] enabled = true): torch.profiler "
+              "trace and operator table, FLOPs per step and MFU.")
 def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str, ...], no_track: bool,
-                tracking_uri: str | None, output_dir: str | None) -> None:
+                tracking_uri: str | None, output_dir: str | None, best: bool, storage: str | None,
+                profile: bool) -> None:
     """Run a suite: every variant x seed, parameter-matched, tracked, summarised."""
     from harness import tracking
     from harness.suite import SuiteError
 
     extra = (f"suite.output_dir={json.dumps(output_dir)}",) if output_dir else ()
+    extra += ("profile.enabled=true",) if profile else ()
+    if storage and not best:
+        raise click.UsageError("--storage goes with --best")
+    if best:
+        from harness.tune import TuneError, best_overrides
+
+        base = _suite_or_exit(suite_path, overrides + extra)
+        try:
+            tuned = tuple(best_overrides(base, storage, list(variants) or None, suite_path=suite_path))
+        except TuneError as exc:
+            _problems(suite_path, str(exc).splitlines())
+        click.echo("best params: " + (" ".join(tuned) or "none (the studies tuned no keys)"))
+        overrides = tuned + overrides  # an explicit --set still wins
     suite = _suite_or_exit(suite_path, overrides + extra)
     tracking.configure(enabled=not no_track, tracking_uri=tracking_uri)
     from harness.runner import run_suite
@@ -165,6 +184,44 @@ def _add_core_commands() -> None:
 
 
 _add_core_commands()
+
+
+@cli.command("tune")
+@click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
+@click.option("-v", "--variant", "variants", multiple=True, help="Tune only these variants (repeatable).")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Trials per study, shared by all workers (default: [tune] trials).")
+@click.option("--storage", default=None, help="Optuna storage: a database URL (default sqlite:///mlruns/optuna.db, "
+              "postgresql://...) or a journal file ending in .log/.journal; workers on one storage share a study.")
+@click.option("--study", "study_name", default=None, help="Study name (default: <suite>.<variant>; one variant).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Worker processes on this machine.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--no-track", is_flag=True, help="Do not record the trials in MLflow.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+              "sqlite:///mlruns/mlflow.db).")
+@click.option("--worker-index", type=int, default=None, hidden=True)
+@click.option("--parent-run-id", default=None, hidden=True)
+def tune_command(suite_path: str, variants: tuple[str, ...], trials: int | None, storage: str | None,
+                 study_name: str | None, workers: int, overrides: tuple[str, ...], no_track: bool,
+                 tracking_uri: str | None, worker_index: int | None, parent_run_id: str | None) -> None:
+    """Tune each variant with Optuna: one study per variant, the same trial budget for all."""
+    from harness.suite import SuiteError
+    from harness.tune import TuneError, tune
+
+    suite = _suite_or_exit(suite_path, overrides)
+    try:
+        tune(suite, suite_path=suite_path, overrides=list(overrides), variants=list(variants) or None,
+             trials=trials, storage=storage, study=study_name, workers=workers, track=not no_track,
+             tracking_uri=tracking_uri, worker_index=worker_index, parent_run_id=parent_run_id, echo=click.echo)
+    except SuiteError as exc:
+        _problems(suite_path, exc.problems)
+    except TuneError as exc:
+        _problems(suite_path, str(exc).splitlines())
+    except KeyboardInterrupt:
+        if worker_index is None:
+            click.echo("Interrupted: the running trial is recorded failed; queued trials stay in the study and "
+                       "the same command resumes them.", err=True)
+        sys.exit(130)
 
 
 def _register_plugin_commands() -> None:

@@ -6,6 +6,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from harness.registry import UnknownNameError, get_registries
 from harness.suite import Suite, SuiteError, TrainSection
 
@@ -88,6 +90,10 @@ def check_suite(suite: Suite, *, check_data: bool = True, match: bool = True) ->
         path = f"variants.{name}"
         for key in sorted(set(v.train) - train_keys):
             problems.append(f"{path}.train.{key}: unknown key; train keys: {', '.join(sorted(train_keys))}")
+        try:
+            TrainSection.model_validate({**suite.train.model_dump(), **{k: x for k, x in v.train.items() if k in train_keys}})
+        except ValidationError as exc:
+            problems += [f"{path}.train.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         model_spec = name_problem(f"{path}.model_name" if v.model_name else "suite.model",
                                   lambda: regs.models.get(suite.model_name(name)))
         mixer_spec = name_problem(f"{path}.mixer", lambda: regs.mixers.get(v.mixer))

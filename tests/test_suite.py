@@ -149,3 +149,9 @@ def test_shipped_suites_validate(name, tmp_path):
         plans = check_suite(suite)
     assert set(plans) == set(suite.variants)
     assert all(abs(p.gap) <= suite.budget.tolerance for p in plans.values())
+
+
+def test_variant_train_overrides_are_type_checked():
+    with pytest.raises(SuiteError) as err:
+        check_suite(load_suite(SMOKE, ["variants.softmax.train.warmup=2"]))
+    assert err.value.problems == ["variants.softmax.train.warmup: Input should be less than or equal to 1"]
