@@ -46,7 +46,7 @@ class TrainOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
     samples_per_s: float = 0.0
     train_time_s: float = 0.0
-    loop_overhead: float = 0.0                        # fraction of wall time outside the model step
+    loop_overhead: float = 0.0                        # share of a training iteration outside the model step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,11 +114,12 @@ def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
         return {f"{split}/{k}": v for k, v in out.items()}
 
     model.train()
-    step_time = eval_time = 0.0
+    step_time = loop_time = 0.0   # over measured steps: model step only / the whole iteration
     samples = 0
     loss_sum = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
+        t_iter = time.perf_counter()
         batch = _to(next(batches), device)
         t0 = time.perf_counter()
         with autocast():
@@ -134,9 +135,7 @@ def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
         loss_sum += loss.detach()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if step > WARMUP_STEPS:  # the first steps pay for allocator and kernel warm-up
-            step_time += time.perf_counter() - t0
-            samples += len(batch[0])
+        t1 = time.perf_counter()
         if profiler is not None:
             profiler.step()
         if on_step is not None:
@@ -151,15 +150,15 @@ def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
             metrics.update({f"train/aux/{k}": v.item() for k, v in aux_losses.items()})
             metrics.update({f"train/stat/{k}": v.item() for k, v in mean_stats_by_name(stats).items()})
             log(metrics, step)
+        if step > WARMUP_STEPS:  # the first steps pay for allocator and kernel warm-up
+            step_time += t1 - t0
+            loop_time += time.perf_counter() - t_iter
+            samples += len(batch[0])
         if step % cfg.eval_every == 0 and step != cfg.steps:
-            t_eval = time.perf_counter()
-            log(evaluate("val"), step)
-            eval_time += time.perf_counter() - t_eval
+            log(evaluate("val"), step)  # validation is work, not loop overhead: outside loop_time
     wall = time.perf_counter() - start
     final = {**evaluate("val"), **evaluate("test")}
     log(final, cfg.steps)
-    # Overhead: the share of measured steps' wall time that is neither a model step nor validation.
-    loop = max(wall - eval_time, 1e-9) * (cfg.steps - min(WARMUP_STEPS, cfg.steps)) / cfg.steps
     return TrainOutcome(metrics=final, history=history,
-                        samples_per_s=samples / step_time if step_time > 0 else 0.0,
-                        train_time_s=wall, loop_overhead=max(0.0, (loop - step_time) / loop) if loop > 0 else 0.0)
+                        samples_per_s=samples / step_time if step_time > 0 else 0.0, train_time_s=wall,
+                        loop_overhead=(loop_time - step_time) / loop_time if loop_time > 0 else 0.0)
