@@ -1,7 +1,8 @@
 """Public contract checks for plugin authors.
 
 ``check_mixer("my.mixer", **options)`` builds a registered mixer at a tiny size and verifies the
-mixer contract: output shape, finite outputs and gradients, a non-zero gradient for every
+mixer contract: construction on the meta device (the budget matcher counts there), output shape,
+finite outputs and gradients, a non-zero gradient for every
 parameter, no causal leak (when ``causal_ok``), no padding leak (when ``padding_ok``), token mixing,
 determinism, and KV-cache decoding equal to a causal forward (when ``kv_cache``). A failure raises ``AssertionError`` naming the property and the measured deviation.
 Call it from a plugin's tests; the core's own tests run it over every registered mixer.
@@ -44,20 +45,23 @@ def check_mixer(name: str, *, dim: int = 32, heads: int = 4, grid: tuple[int, in
                 seed: int = 0, checks: tuple[str, ...] | None = None, **options: Any) -> dict[str, float]:
     """Check the mixer contract for mixer ``name`` built with ``options``.
 
-    Returns the measured figures (max deviations, smallest gradient) for reporting. ``checks``
-    restricts the properties checked (names: shape, finite, gradients, causal, padding, mixing,
+    Returns the measured figures (max deviations, smallest gradient, parameter count) for reporting. ``checks``
+    restricts the properties checked (names: meta, shape, finite, gradients, causal, padding, mixing,
     determinism, kv_cache); by default every property that applies to the mixer's capabilities is checked.
     """
     spec = mixer_spec(name)
     t = grid[0] * grid[1]
     # Every context carries the grid: it costs 1D mixers nothing and grid mixers need it.
     bidir = SeqContext(max_len=t, causal=False, grid=grid)
-    wanted = set(checks or ("shape", "finite", "gradients", "causal", "padding", "mixing", "determinism", "kv_cache"))
+    wanted = set(checks or ("meta", "shape", "finite", "gradients", "causal", "padding", "mixing", "determinism",
+                            "kv_cache"))
     figures: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, t, dim, generator=gen, dtype=torch.float64)
 
     module = _build(name, bidir, dim, heads, seed, options)
+    if "meta" in wanted:
+        figures["params"] = _check_meta(name, bidir, dim, heads, options, module)
     y = module(x)
     collect_aux(module)
     if "shape" in wanted and tuple(y.shape) != tuple(x.shape):
@@ -88,6 +92,22 @@ def check_mixer(name: str, *, dim: int = 32, heads: int = 4, grid: tuple[int, in
         if "kv_cache" in wanted and spec.kv_cache:
             figures["kv_cache"] = _check_kv_cache(causal, x)
     return figures
+
+
+def _check_meta(name: str, ctx: SeqContext, dim: int, heads: int, options: dict[str, Any], real: nn.Module) -> int:
+    """The budget matcher counts parameters on the meta device: construction must work there and
+    give the same count as a real build."""
+    try:
+        with torch.device("meta"):
+            meta = build_mixer(name, dim, heads=heads, ctx=ctx, **options)
+    except Exception as exc:
+        raise _fail("meta construction", f"building under torch.device('meta') raised {type(exc).__name__}: "
+                    f"{exc}; the budget matcher needs it (avoid .tolist()/.item() on parameters in __init__)") from None
+    n_meta = sum(p.numel() for p in meta.parameters())
+    n_real = sum(p.numel() for p in real.parameters())
+    if n_meta != n_real:
+        raise _fail("meta construction", f"{n_meta} parameters on meta vs {n_real} on CPU")
+    return n_real
 
 
 @torch.no_grad()

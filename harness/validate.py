@@ -146,6 +146,10 @@ def _plan(suite: Suite, name: str, model_spec: Any, meta: Any, path: str, proble
         where = f"{path}.options" if "option" in str(exc) else f"{path}"
         problems.append(f"{where}: {exc}")
         return None
+    except Exception as exc:  # a plugin's own bug: name it, don't dump a traceback
+        problems.append(f"{path}: building {model_spec.name!r} with mixer {v.mixer!r} on the meta device failed: "
+                        f"{type(exc).__name__}: {exc}; report it to the plugin that provides the mixer or model")
+        return None
     budget = suite.budget
     if budget is None or not match:
         return Plan(name, config)
