@@ -11,6 +11,8 @@ import click
 from harness import __version__
 
 KINDS = ("mixers", "models", "tasks", "metrics", "components", "plugins")
+HEADERS = {"causal_ok": "causal", "padding_ok": "padding", "needs_grid": "grid", "fixed_len": "fixed T",
+           "kv_cache": "kv cache", "higher_is_better": "higher better", "needs_padding": "pads"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,9 +74,10 @@ def list_command(kind: str, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"harness {kind}")
-    columns = [c for c in (rows[0] if rows else {"name": ""}) if c not in ("description", "default", "module")]
+    hidden = ("description", "default", "module", "defaults")  # in --json; too wide for a table
+    columns = [c for c in (rows[0] if rows else {"name": ""}) if c not in hidden]
     for col in columns:
-        table.add_column(col, no_wrap=col in ("name", "plugin"))
+        table.add_column(HEADERS.get(col, col), no_wrap=col in ("name", "plugin"))
     for row in rows:
         style = "red" if row.get("error") else None
         table.add_row(*(_cell(row.get(c)) for c in columns), style=style)

@@ -1,9 +1,12 @@
 """Pieces every MoP mixer shares: stacked projections, masks and the chain product.
 
-Every mixer keeps its views (score maps, projections) stacked in a leading tensor dim, so one
-batched matmul serves all views and no Python loop runs over views, heads or hops.
+Every mixer keeps its views (score maps, projections) stacked in one tensor dim, so one batched
+matmul serves all views and no Python loop runs over views, heads or hops.
 """
 from __future__ import annotations
+
+import functools
+import string
 
 import torch
 
@@ -51,17 +54,20 @@ def real_pairs(pad: torch.Tensor | None, causal: bool, t: int, device: torch.dev
     return mask
 
 
-def chain_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward chains of n stacked maps a (n, ..., T, T):
-    (a[0] @ a[1] @ ... @ a[n-1], a[n-1] @ ... @ a[0]).
+@functools.lru_cache(maxsize=None)
+def _chain_equation(n: int) -> str:
+    """'...ab,...bc,...cd->...ad' for n maps: one einsum contracts the whole chain."""
+    idx = string.ascii_letters[: n + 1]
+    return ",".join(f"...{idx[i]}{idx[i + 1]}" for i in range(n)) + f"->...{idx[0]}{idx[n]}"
 
-    Both chains are reduced together as a balanced tree: each level is ONE batched matmul over all
-    adjacent pairs, so the n-1 products per chain cost ceil(log2 n) calls (n is a static config,
-    like matrix_power's repeated squaring), not n-1 dependent calls in a Python loop over views.
+
+def chain_products(a: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward chains of the n maps stacked along ``dim`` of a (..., n, ..., T, T):
+    (a_1 @ a_2 @ ... @ a_n, a_n @ ... @ a_1).
+
+    One einsum per chain: torch contracts it pairwise (n - 1 batched matmuls on views of a, no
+    copies), so there is no Python loop over views here.
     """
-    x = torch.stack([a, a.flip(0)])                    # (2, n, ..., T, T): both orders at once
-    while x.shape[1] > 1:                              # ceil(log2 n) levels
-        m = x.shape[1] // 2
-        paired = x[:, 0:2 * m:2] @ x[:, 1:2 * m:2]     # (2, m, ..., T, T), order kept
-        x = torch.cat([paired, x[:, 2 * m:]], 1) if x.shape[1] % 2 else paired
-    return x[0, 0], x[1, 0]
+    maps = a.unbind(dim)
+    eq = _chain_equation(len(maps))
+    return torch.einsum(eq, *maps), torch.einsum(eq, *maps[::-1])

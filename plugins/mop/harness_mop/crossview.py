@@ -49,21 +49,30 @@ class CrossViewAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
-        u = split_views(self.qkv(x), 5, self.heads)              # (5, B, H, T, Dh)
-        q, k, v = u[0:2], u[2:4], u[4]                           # (2, B, H, T, Dh) x2, (B, H, T, Dh)
-        k_eff = torch.einsum("ab,bnhtd->anhtd", self.mix, k)     # row a of M folded into the keys
-        q_cat = q.permute(1, 2, 3, 0, 4).reshape(B, self.heads, T, -1)      # (B, H, T, 2Dh)
-        k_cat = k_eff.permute(1, 2, 3, 0, 4).reshape(B, self.heads, T, -1)  # (B, H, T, 2Dh)
+        H = self.heads
         mask = score_mask(pad, self.causal, T, x.device)
         if not (self.cues or self.prior):
+            # M folded into the key weights (k_eff_a = sum_b M_ab k_b), and the weight rows grouped
+            # per head as [q1 q2 | k_eff1 k_eff2 | v1]: the projection lands with [q1, q2] and
+            # [k_eff1, k_eff2] already adjacent, so SDPA reads views of it with no copy.
+            w = self.qkv.weight.view(5, H, -1, D)                    # (5, H, Dh, D)
+            k_eff = torch.einsum("ab,bhkd->ahkd", self.mix, w[2:4])
+            w = torch.cat([w[0:2], k_eff, w[4:]]).transpose(0, 1).reshape(5 * D, D)   # rows (H, 5, Dh)
+            u = F.linear(x, w).view(B, T, H, 5, -1)                  # (B, T, H, 5, Dh)
+            q_cat = u[..., 0:2, :].flatten(-2).transpose(1, 2)      # (B, H, T, 2Dh): [q1, q2]
+            k_cat = u[..., 2:4, :].flatten(-2).transpose(1, 2)      # (B, H, T, 2Dh): [k_eff1, k_eff2]
+            v = u[..., 4, :].transpose(1, 2)                         # (B, H, T, Dh)
             y = F.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=self.scale,
                                                is_causal=self.causal and mask is None)
             return self.proj(merge_heads(y))
-        s = q_cat @ k_cat.transpose(-1, -2) * self.scale         # (B, H, T, T) = sum_ab M_ab S_ab
-        views = q @ k.transpose(-1, -2) * self.scale             # (2, B, H, T, T): S1, S2
+        u = split_views(self.qkv(x), 5, H)                           # (5, B, H, T, Dh)
+        q, k, v = u[0:2], u[2:4], u[4]                               # (2, B, H, T, Dh) x2, (B, H, T, Dh)
+        k_eff = torch.einsum("ab,bnhtd->anhtd", self.mix, k)         # row a of M folded into the keys
+        s = torch.einsum("anhid,anhjd->nhij", q, k_eff) * self.scale  # (B, H, T, T) = sum_ab M_ab S_ab
+        views = q @ k.transpose(-1, -2) * self.scale                 # (2, B, H, T, T): S1, S2
         if self.cues:
             s = s + torch.einsum("a,anhji->nhij", self.t.to(s.dtype), views)   # t1 S1^T + t2 S2^T
-        a = masked_softmax(s, mask)                              # (B, H, T, T)
+        a = masked_softmax(s, mask)                                  # (B, H, T, T)
         if self.prior:
             a = (1.0 - self.prior_weight) * a + self.prior_weight * self._sharp(views, mask, pad)
         return self.proj(merge_heads(a @ v))

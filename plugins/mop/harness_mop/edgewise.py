@@ -1,8 +1,8 @@
 """MoP mode E: per-head, per-edge boolean gates over n stacked score maps.
 
-    S_i   = q_i k_i^T / sqrt(Dh), i = 1..n  (n = views + lens dilations)       (n, B, H, T, T)
+    S_i   = q_i k_i^T / sqrt(Dh), i = 1..n  (n = views + lens dilations)       (B, H, n, T, T)
     C_fwd = A_1 @ ... @ A_n,  C_bwd = A_n @ ... @ A_1                          O(n T^3) per head
-    g     = gate_head([S_i, S_i^T, log C_fwd, log C_bwd])                       (4, B, H, T, T)
+    g     = gate_head([S_i, S_i^T, log C_fwd, log C_bwd])                       (B, H, 4, T, T)
     Smix  = S_1 + g_and sum_{i>1} S_i + g_or (LSE_i S_i - S_1)
                 - g_not beta mean_{i>1} S_i + g_chain log(C_fwd + eps)
     y     = softmax(Smix) @ v_1 + sigmoid(chain_value_logit) (g_chain * C_fwd) @ v_n
@@ -20,17 +20,19 @@ from torch import nn
 from harness.nn.aux import report_stat
 from harness.nn.context import SeqContext
 from harness_mop._common import chain_products, masked_softmax, merge_heads, real_pairs, score_mask, split_views
-from harness_mop.gate_heads import DenseGateHead, LowRankGateHead, check_preset, preset_beta_factor
+from harness_mop.gate_heads import (PRESETS, DenseGateHead, GateInputs, LowRankGateHead, check_preset,
+                                    score_means)
 from harness_mop.lens import LensBank
 
 GATE_MODES = ("lowrank", "dense")
-GATE_NAMES = ("and", "or", "not", "chain")
 
 
 class EdgewiseAttention(nn.Module):
-    """``views`` projected views (>= 2), shared (one qkv + per-view diagonal scales) or separate.
-    Only views 1 and n carry values (the base path and the chain's transport), so no view owns a
-    value projection that nothing reads."""
+    """``views`` projected views (>= 2), shared or separate. Shared: one qkv projection and, per
+    view, a diagonal scale; a diagonal scale of q and one of k act on S_i only through their
+    product, so each view has one ``qk_scale`` (the reference's q_scale * k_scale). Only views 1
+    and n carry values (the base path and the chain's transport), so no view owns a value
+    projection that nothing reads."""
 
     def __init__(self, dim: int, *, heads: int, ctx: SeqContext, views: int = 5, share_qkv: bool = True,
                  gate_mode: str = "lowrank", gate_rank: int = 4, gate_hidden: int = 16, use_k3: bool = True,
@@ -49,57 +51,89 @@ class EdgewiseAttention(nn.Module):
         self.scale, self.eps = dk ** -0.5, float(eps)
         if share_qkv:
             self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-            self.q_scale = nn.Parameter(torch.ones(views, heads, 1, dk))
-            self.k_scale = nn.Parameter(torch.ones(views, heads, 1, dk))
-            self.v_scale = nn.Parameter(torch.ones(2, heads, 1, dk))     # views 1 and n
+            # The reference set every view's scales to 1, so at init all views were the same view:
+            # S_i = S_1, OR was a constant shift and the views only parted by chance. View 1 keeps
+            # scale 1 (the base path is plain attention); the others start as random reweightings.
+            qk_scale = torch.ones(heads, views, 1, dk)
+            qk_scale[:, 1:] += 0.5 * torch.randn(heads, views - 1, 1, dk)
+            self.qk_scale = nn.Parameter(qk_scale)
+            self.v_scale = nn.Parameter(torch.ones(heads, 2, 1, dk))        # views 1 and n
         else:
-            self.qkv = nn.Linear(dim, (2 * views + 2) * dim, bias=False)
+            self.qkv = nn.Linear(dim, (2 * views + 2) * dim, bias=False)    # q, k per view; v_1, v_n
         self.lens = LensBank(dk, tuple(lens_dilations), ctx.causal) if lens_bank else None
-        n = views + (self.lens.n if self.lens is not None else 0)
-        self.n = n
+        self.n = views + (self.lens.n if self.lens is not None else 0)
+        self.lowrank = gate_mode == "lowrank"
         if gate_mode == "dense":
-            self.gate_head: nn.Module = DenseGateHead(2 * n + 2, gate_init, gate_hidden, use_k3, ctx.causal)
+            self.gate_head: nn.Module = DenseGateHead(self.n, gate_init, gate_hidden, use_k3, ctx.causal)
         else:
-            self.gate_head = LowRankGateHead(2 * n + 2, gate_init, gate_rank)
+            self.gate_head = LowRankGateHead(self.n, gate_init, gate_rank)
         # Learnable NOT strength per head (the reference's fixed beta); "nor" starts 4x stronger.
-        beta0 = float(beta_not) * preset_beta_factor(gate_init)
+        beta0 = float(beta_not) * PRESETS[gate_init][1]
         self.log_beta = nn.Parameter(torch.full((heads, 1, 1), math.log(beta0)))
         self.chain_value_logit = nn.Parameter(torch.tensor(float(chain_value_init)))
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> q, k (views, B, H, T, Dh) and v (2, B, H, T, Dh)."""
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """-> q (B, H, V, T, Dh) with the 1/sqrt(Dh) scale folded in, k (B, H, V|1, T, Dh) (one k
+        shared by every view), v_1, v_n (B, H, T, Dh)."""
         V = self.views
         if self.share:
-            q, k, v = split_views(self.qkv(x), 3, self.heads)        # each (B, H, T, Dh)
-            return q * self.q_scale[:, None], k * self.k_scale[:, None], v * self.v_scale[:, None]
-        u = split_views(self.qkv(x), 2 * V + 2, self.heads)          # (2V+2, B, H, T, Dh)
-        return u[:V], u[V:2 * V], u[2 * V:]
+            q, k, v = split_views(self.qkv(x), 3, self.heads)            # (B, H, T, Dh) each
+            v1, vn = (v[:, :, None] * self.v_scale).unbind(2)
+            return q[:, :, None] * (self.qk_scale * self.scale), k[:, :, None], v1, vn
+        u = split_views(self.qkv(x), 2 * V + 2, self.heads).permute(1, 2, 0, 3, 4)   # (B, H, 2V+2, T, Dh)
+        return u[:, :, :V] * self.scale, u[:, :, V:2 * V], u[:, :, 2 * V], u[:, :, 2 * V + 1]
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        T = x.shape[1]
-        q, k, v = self._project(x)
+        B, T, _ = x.shape
+        q, k, v1, vn = self._project(x)                                  # q (B, H, V, T, Dh), k (B, H, V|1, T, Dh)
         if self.lens is not None:
-            q_l, k_l = self.lens(q[0], k[0], pad)                     # (L, B, H, T, Dh)
-            q, k = torch.cat([q, q_l]), torch.cat([k, k_l])          # (n, B, H, T, Dh)
-        s = q @ k.transpose(-1, -2) * self.scale                     # (n, B, H, T, T), finite everywhere
-        mask = score_mask(pad, self.causal, T, x.device)
-        c_fwd, c_bwd = chain_products(masked_softmax(s, mask))       # (B, H, T, T) each
-        log_c = torch.log(torch.stack([c_fwd, c_bwd]) + self.eps)    # (2, B, H, T, T), finite
-        keep = real_pairs(pad, self.causal, T, x.device)             # features and row means live here
-        cols = real_pairs(pad, self.causal, T, x.device, upper=True)  # column means: queries r <= j
-        g = self.gate_head(s, log_c, keep, keep, cols)               # (4, B, H, T, T) in [0, 1]
-        others = s[1:].sum(0)                                        # (B, H, T, T)
-        beta = self.log_beta.exp().to(s.dtype)                       # (H, 1, 1)
-        smix = (s[0] + g[0] * others + g[1] * (torch.logsumexp(s, 0) - s[0])
-                - g[2] * beta * others / (self.n - 1) + g[3] * log_c[0])
-        y = masked_softmax(smix, mask) @ v[0]                        # (B, H, T, Dh)
-        y = y + torch.sigmoid(self.chain_value_logit) * ((g[3] * c_fwd) @ v[1])
+            q_l, k_l = self.lens(q[:, :, 0], k[:, :, 0], pad)            # (B, H, L, T, Dh)
+            q, k = torch.cat([q, q_l], 2), torch.cat([k.expand(-1, -1, self.views, -1, -1), k_l], 2)
+        s = _scores(q, k)                                                # (B, H, n, T, T)
+        # s is finite everywhere: masks act on softmax inputs and, as zeros, on gate features.
+        mask = score_mask(pad, self.causal, T, x.device)                 # (B|1, 1, T, T)
+        a = masked_softmax(s, None if mask is None else mask[:, :, None])   # (B, H, n, T, T): A_i
+        c_fwd, c_bwd = chain_products(a, 2)                              # (B, H, T, T) each
+        log_f, log_b = torch.log(c_fwd + self.eps), torch.log(c_bwd + self.eps)   # 0 -> log eps, finite
+        keep = real_pairs(pad, self.causal, T, x.device)                 # features and row means
+        cols = real_pairs(pad, self.causal, T, x.device, upper=True)     # column means: queries r <= j
+        means = score_means(q, k, keep, cols) if self.lowrank else (None, None)   # (B, H, n, T) each
+        g = self.gate_head(GateInputs(s, *means, log_f, log_b, keep, cols))
+        g_and, g_or, g_not, g_chain = g.unbind(2)                        # (B, H, T, T) each, in [0, 1]
+        # S_1 and sum_i S_i as their own small products, so no slice of the stack is backpropagated.
+        s1 = q[:, :, 0] @ k[:, :, 0].transpose(-1, -2)                   # (B, H, T, T)
+        total = _score_sum(q, k)                                         # sum_i S_i
+        top = s.amax(2).detach()                                         # LSE over views; exact gradient
+        lse = (s - top[:, :, None]).exp().sum(2).log() + top             # (B, H, T, T), from finite S
+        beta = self.log_beta.exp()                                       # (H, 1, 1)
+        coef = g_and - g_not * beta / (self.n - 1)                       # on sum_{i>1} S_i
+        smix = s1 + coef * (total - s1) + g_or * (lse - s1) + g_chain * log_f
+        y = masked_softmax(smix, mask) @ v1                              # (B, H, T, Dh)
+        y = y + torch.sigmoid(self.chain_value_logit) * ((g_chain * c_fwd) @ vn)
         self._report(g)
         return self.proj(merge_heads(y))
 
     def _report(self, g: torch.Tensor) -> None:
         """Mean of each gate, as tensors (no sync): gate_and, gate_or, gate_not, gate_chain."""
-        means = g.detach().mean(dim=(1, 2, 3, 4))                    # (4,)
-        for name, value in zip(GATE_NAMES, means.unbind()):
-            report_stat(self, f"gate_{name}", value)
+        g_and, g_or, g_not, g_chain = g.detach().mean(dim=(0, 1, 3, 4)).unbind()
+        report_stat(self, "gate_and", g_and)
+        report_stat(self, "gate_or", g_or)
+        report_stat(self, "gate_not", g_not)
+        report_stat(self, "gate_chain", g_chain)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q (B, H, v, T, Dh), k (B, H, v|1, T, Dh) -> (B, H, v, T, T). A k shared by all views is
+    one matmul with v*T query rows."""
+    if k.shape[2] == 1:
+        B, H, v, T, _ = q.shape
+        return (q.flatten(2, 3) @ k[:, :, 0].transpose(-1, -2)).unflatten(2, (v, T))
+    return q @ k.transpose(-1, -2)
+
+
+def _score_sum(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """sum_v q_v k_v^T: with one shared k it is (sum_v q_v) k^T, a single Dh-deep product."""
+    if k.shape[2] == 1:
+        return q.sum(2) @ k[:, :, 0].transpose(-1, -2)
+    return torch.einsum("bhvid,bhvjd->bhij", q, k)

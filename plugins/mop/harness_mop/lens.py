@@ -32,7 +32,7 @@ class LensBank(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k (B, H, T, Dh) -> q_lens, k_lens (L, B, H, T, Dh)."""
+        """q, k (B, H, T, Dh) -> q_lens, k_lens (B, H, L, T, Dh)."""
         B, H, T, dk = q.shape
         z = torch.cat([q, k], -1)                                 # (B, H, T, 2Dh)
         if pad is not None:
@@ -42,5 +42,5 @@ class LensBank(nn.Module):
         w = torch.einsum("sldt,ltk->sdlk", self.taps, self.place.to(self.taps.dtype))   # (2, Dh, L, width)
         w = w.reshape(2 * dk * self.n, 1, self.width)             # group (s, d) -> its L outputs
         out = F.conv1d(F.pad(z, (self.left, self.right)), w, groups=2 * dk)   # (BH, 2Dh*L, T)
-        out = out.view(B, H, 2, dk, self.n, T).permute(2, 4, 0, 1, 5, 3)      # (2, L, B, H, T, Dh)
+        out = out.view(B, H, 2, dk, self.n, T).permute(2, 0, 1, 4, 5, 3)      # (2, B, H, L, T, Dh)
         return out[0], out[1]

@@ -30,37 +30,36 @@ class MultiHopAttention(nn.Module):
             raise ValueError(f"hops must be >= 1, not {hops}")
         self.heads, self.causal, self.hops = heads, ctx.causal, int(hops)
         self.scale = (dim // heads) ** -0.5
-        self.beta, self.eps, self.learn = float(beta_not), float(eps), learn_gates
+        self.beta, self.eps = float(beta_not), float(eps)
         self.qkv = nn.Linear(dim, 6 * dim, bias=False)            # q1, q2, k1, k2, v1, v2
         self.proj = nn.Linear(dim, dim, bias=False)
-        gates = torch.tensor([gate_and, gate_or, gate_not, gate_chain], dtype=torch.float32)
+        values = (float(gate_and), float(gate_or), float(gate_not), float(gate_chain))
         if learn_gates:
-            self.gates = nn.Parameter(gates)
+            self.gates = nn.Parameter(torch.tensor(values))
         else:
-            self.register_buffer("gates", gates, persistent=False)
-        self.active = tuple(learn_gates or g != 0.0 for g in gates.tolist())   # and, or, not, chain
+            self.register_buffer("gates", torch.tensor(values), persistent=False)
+        self.active = tuple(learn_gates or g != 0.0 for g in values)          # and, or, not, chain
         self.chain_value_logit = nn.Parameter(torch.tensor(float(chain_value_init)))
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         T = x.shape[1]
         u = split_views(self.qkv(x), 6, self.heads)               # (6, B, H, T, Dh)
-        q, k, v = u[0:2], u[2:4], u[4:6]
-        s = q @ k.transpose(-1, -2) * self.scale                  # (2, B, H, T, T): S1, S2, finite
+        q, k, (v1, v2) = u[0:2], u[2:4], u[4:6].unbind(0)
+        s = (q * self.scale) @ k.transpose(-1, -2)                # (2, B, H, T, T): S1, S2, finite
         mask = score_mask(pad, self.causal, T, x.device)
-        a = masked_softmax(s, mask)                               # (2, B, H, T, T): A1, A2
+        a1, a2 = masked_softmax(s, mask).unbind(0)                # (B, H, T, T) each: A1, A2
         # A1 @ A2^(hops-1); matrix_power squares repeatedly, no Python loop over hops.
-        c = a[0] if self.hops == 1 else a[0] @ torch.linalg.matrix_power(a[1], self.hops - 1)
+        c = a1 if self.hops == 1 else a1 @ torch.linalg.matrix_power(a2, self.hops - 1)
         g = self.gates.to(s.dtype)
         use_and, use_or, use_not, use_chain = self.active
-        smix = s[0]                                               # (B, H, T, T)
+        s1, s2 = s.unbind(0)
+        smix = s1
         # Every term reads the finite raw scores; the mask is applied once, to the sum.
-        if use_and:
-            smix = smix + g[0] * s[1]
+        if use_and or use_not:
+            smix = smix + (g[0] - g[2] * self.beta) * s2
         if use_or:
-            smix = smix + g[1] * (torch.logsumexp(s, 0) - s[0])
-        if use_not:
-            smix = smix - (g[2] * self.beta) * s[1]
+            smix = smix + g[1] * (torch.logaddexp(s1, s2) - s1)
         if use_chain:
             smix = smix + g[3] * torch.log(c + self.eps)          # C is 0 where masked: log(eps), finite
-        y = masked_softmax(smix, mask) @ v[0] + torch.sigmoid(self.chain_value_logit) * (c @ v[1])
+        y = masked_softmax(smix, mask) @ v1 + torch.sigmoid(self.chain_value_logit) * (c @ v2)
         return self.proj(merge_heads(y))

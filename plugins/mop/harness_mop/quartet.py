@@ -19,7 +19,10 @@ from harness_mop._common import masked_softmax, merge_heads, score_mask, split_v
 
 
 def standardise(s: torch.Tensor, mask: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """z-score of s (..., Tq, Tk) along keys, statistics over entries where mask holds."""
+    """z-score of s (..., Tq, Tk) along keys, statistics over entries where mask holds. Runs in
+    at least float32: in float16, eps^2 = 1e-10 would round to 0 and a one-key row divide 0 by 0."""
+    dtype = s.dtype
+    s = s.float() if dtype in (torch.float16, torch.bfloat16) else s
     if mask is None:
         mu = s.mean(-1, keepdim=True)
         var = (s - mu).square().mean(-1, keepdim=True)
@@ -28,7 +31,10 @@ def standardise(s: torch.Tensor, mask: torch.Tensor | None, eps: float) -> torch
         n = w.sum(-1, keepdim=True)                              # >= 1: the diagonal is always visible
         mu = (s * w).sum(-1, keepdim=True) / n
         var = ((s - mu) * w).square().sum(-1, keepdim=True) / n
-    return (s - mu) / (var + eps * eps).sqrt()
+    z = (s - mu) / (var + eps * eps).sqrt()
+    # A masked entry is outside its row's statistics and can sit at 1/eps; it is masked again
+    # before the softmax, so set it to 0 rather than let float16 overflow there.
+    return (z if mask is None else z.masked_fill(~mask, 0.0)).to(dtype)
 
 
 class QuartetAttention(nn.Module):
