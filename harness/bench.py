@@ -12,7 +12,9 @@ import gc
 import json
 import math
 import os
+import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,9 +24,9 @@ REFERENCE = "softmax"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 NOISY_SPREAD = 0.25  # (p80 - p20) / median above which a timing is flagged as noisy
-COLUMNS = ["mixer", "T", "status", "fwd_ms", "fwd_ms_p20", "fwd_ms_p80", "fwd_bwd_ms", "fwd_bwd_ms_p20",
-           "fwd_bwd_ms_p80", "ratio_vs_softmax", "fwd_ratio_vs_softmax", "peak_mem_mb", "flops", "grid",
-           "options", "message"]
+COLUMNS = ["mixer", "T", "status", "fwd_ms", "fwd_ms_p20", "fwd_ms_p80", "fwd_reps",
+           "fwd_bwd_ms", "fwd_bwd_ms_p20", "fwd_bwd_ms_p80", "fwd_bwd_reps",
+           "ratio_vs_softmax", "fwd_ratio_vs_softmax", "peak_mem_mb", "flops", "grid", "options", "message"]
 
 
 # ------------------------------------------------------------------------------------ input parsing
@@ -119,104 +121,138 @@ def skip_reason(spec: Any, T: int, causal: bool) -> str | None:
     return None
 
 
-def measure_case(name: str, T: int, *, dim: int, heads: int, batch: int, causal: bool, backward: bool,
-                 device: Any, dtype: Any, warmup: int, reps: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Build one mixer at length T and measure it; raises on failure (the caller classifies)."""
+@dataclass
+class Case:
+    """One mixer built at one length, with the two calls the bench times."""
+
+    module: Any
+    forward: Callable[[], None]
+    forward_backward: Callable[[], None]
+
+
+def build_case(name: str, T: int, *, dim: int, heads: int, batch: int, causal: bool, device: Any, dtype: Any,
+               options: dict[str, Any]) -> Case:
     import torch
 
     from harness.nn.aux import collect_aux
     from harness.nn.blocks import build_mixer
     from harness.nn.context import SeqContext
-    from harness.profiling import PeakMemory, flops_of, time_callable
 
     torch.manual_seed(0)
     ctx = SeqContext(max_len=T, causal=causal, grid=grid_for(T))
     module = build_mixer(name, dim, heads=heads, ctx=ctx, **options).to(device=device, dtype=dtype)
+    module.eval()  # forward-only is timed as inference; forward+backward switches to train()
     x = torch.randn(batch, T, dim, device=device, dtype=dtype)
-    row: dict[str, Any] = {}
+    # The input needs a gradient too: inside a model the mixer also back-propagates to x.
+    x_grad = x.detach().clone().requires_grad_(True)
+    grad_out = torch.randn_like(x)
 
     def forward() -> None:
         with torch.no_grad():
             module(x)
         collect_aux(module)  # drop reported aux values so they do not pile up across reps
 
-    # The input needs a gradient too: inside a model the mixer also back-propagates to x.
-    x_grad = x.detach().clone().requires_grad_(True)
-    grad_out = torch.randn_like(x)
-
     def forward_backward() -> None:
         y = module(x_grad)
         losses, _ = collect_aux(module)
-        loss = (y * grad_out).sum() + sum(losses.values())
-        loss.backward()
+        ((y * grad_out).sum() + sum(losses.values())).backward()
         module.zero_grad(set_to_none=True)
         x_grad.grad = None
 
-    module.eval()  # forward-only is inference
-    row["flops"] = flops_of(forward)
+    return Case(module, forward, forward_backward)
+
+
+def case_peak_memory_mb(case: Case, device: Any, backward: bool) -> float:
+    """Growth of peak memory during one call (one fwd+bwd call when ``backward``)."""
+    from harness.profiling import PeakMemory
+
     with PeakMemory(device) as mem:
-        fwd = time_callable(forward, warmup, reps, device)
-    row.update(fwd_ms=fwd["median"], fwd_ms_p20=fwd["p20"], fwd_ms_p80=fwd["p80"], peak_mem_mb=mem.delta_mb)
+        case.forward()
+    peak = mem.delta_mb
     if backward:
-        module.train()
+        case.module.train()
         with PeakMemory(device) as mem:
-            fb = time_callable(forward_backward, warmup, reps, device)
-        row.update(fwd_bwd_ms=fb["median"], fwd_bwd_ms_p20=fb["p20"], fwd_bwd_ms_p80=fb["p80"],
-                   peak_mem_mb=max(row["peak_mem_mb"], mem.delta_mb))
-    return row
+            case.forward_backward()
+        case.module.eval()
+        peak = max(peak, mem.delta_mb)
+    return peak
 
 
 def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int = 4, batch: int = 32,
               causal: bool = False, backward: bool = True, device: Any = "cpu", dtype: Any = "float32",
               warmup: int = 2, reps: int = 10, options_by_mixer: dict[str, dict[str, Any]] | None = None,
-              on_case: Callable[[str, int, bool], None] | None = None) -> Any:
+              max_seconds: float | None = None, on_progress: Callable[[str, int], None] | None = None) -> Any:
     """Measure every mixer at every T; returns a pandas DataFrame with one row per (mixer, T).
 
+    At each T all mixers are built first, then timed in interleaved rounds (see
+    harness.profiling.time_interleaved), so load changes on a shared machine hit them alike.
     ``status`` is ok | oom | error | skipped, with ``message`` saying why. ``peak_mem_mb`` is the
-    growth above the level before the measurement (see harness.profiling.PeakMemory). ``flops``
-    counts one forward call. ``ratio_vs_softmax`` compares fwd+bwd times when ``backward``, else
-    forward times; ``fwd_ratio_vs_softmax`` always compares forward times. ``on_case(mixer, T, finished)``
-    is called before (False) and after (True) each case, for progress display.
+    growth of peak memory during one call (see harness.profiling.PeakMemory). ``flops`` counts one
+    forward call. ``ratio_vs_softmax`` compares fwd+bwd times when ``backward``, else forward
+    times; ``fwd_ratio_vs_softmax`` always compares forward times. ``max_seconds`` caps the timed
+    seconds per (mixer, T, phase), down to 3 reps (``fwd_reps``/``fwd_bwd_reps`` say how many ran).
+    ``on_progress(description, cases_done)`` reports progress.
     """
     import pandas as pd
     import torch
 
-    from harness.profiling import as_device
+    from harness.profiling import as_device, flops_of, time_interleaved
     from harness.registry import mixer as mixer_spec
 
     device = as_device(device)
     dtype = getattr(torch, DTYPES.get(dtype, dtype)) if isinstance(dtype, str) else dtype
     options_by_mixer = options_by_mixer or {}
-    rows = []
-    for name in mixers:
-        spec = mixer_spec(name)
-        options = options_by_mixer.get(name, {})
-        oom_at: int | None = None
-        for T in sorted(seq_lens):
-            row: dict[str, Any] = {"mixer": name, "T": T, "grid": "x".join(map(str, grid_for(T))),
-                                   "options": json.dumps(options, sort_keys=True)}
-            if on_case:
-                on_case(name, T, False)
-            reason = skip_reason(spec, T, causal)
+    lens = sorted(seq_lens)
+    rows = {(name, T): {"mixer": name, "T": T, "grid": "x".join(map(str, grid_for(T))),
+                        "options": json.dumps(options_by_mixer.get(name, {}), sort_keys=True)}
+            for name in mixers for T in lens}
+    oom_at: dict[str, int] = {}  # a longer sequence will not fit either: do not thrash the allocator
+    report = on_progress or (lambda description, done: None)
+
+    def fail(name: str, T: int, exc: BaseException) -> None:
+        oom = _is_oom(exc)
+        if oom:
+            oom_at.setdefault(name, T)
+        rows[name, T].update(status="oom" if oom else "error", message=_one_line(exc))
+
+    for T in lens:
+        cases: dict[str, Case] = {}
+        for name in mixers:
+            row = rows[name, T]
+            reason = skip_reason(mixer_spec(name), T, causal)
             if reason:
                 row.update(status="skipped", message=reason)
-            elif oom_at is not None:  # a longer sequence will not fit either; do not thrash the allocator
-                row.update(status="oom", message=f"not run: out of memory at T={oom_at}")
+            elif name in oom_at:
+                row.update(status="oom", message=f"not run: out of memory at T={oom_at[name]}")
             else:
+                report(f"{name} T={T}: build, FLOPs, memory", 0)
                 try:
-                    row.update(measure_case(name, T, dim=dim, heads=heads, batch=batch, causal=causal,
-                                            backward=backward, device=device, dtype=dtype, warmup=warmup,
-                                            reps=reps, options=options), status="ok", message="")
+                    case = build_case(name, T, dim=dim, heads=heads, batch=batch, causal=causal, device=device,
+                                      dtype=dtype, options=options_by_mixer.get(name, {}))
+                    row.update(flops=flops_of(case.forward), status="ok", message="",
+                               peak_mem_mb=case_peak_memory_mb(case, device, backward))
+                    cases[name] = case
                 except Exception as exc:  # recorded, never fatal: the bench goes on
-                    oom = _is_oom(exc)
-                    oom_at = T if oom else oom_at
-                    row.update(status="oom" if oom else "error", message=_one_line(exc))
-                finally:
+                    fail(name, T, exc)
                     _free_memory(device)
-            rows.append(row)
-            if on_case:
-                on_case(name, T, True)
-    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+        phases = [("fwd_ms", "forward")] + ([("fwd_bwd_ms", "forward_backward")] if backward else [])
+        for column, call in phases:
+            report(f"T={T}: timing {column[:-3]} of {len(cases)} mixer(s)", 0)
+            for case in cases.values():
+                case.module.train(call == "forward_backward")
+            timed = time_interleaved({n: getattr(c, call) for n, c in cases.items()}, warmup, reps, device,
+                                     max_seconds)
+            for name, stats in timed.items():
+                if isinstance(stats, Exception):
+                    fail(name, T, stats)
+                    del cases[name]
+                else:
+                    rows[name, T].update({column: stats["median"], f"{column}_p20": stats["p20"],
+                                          f"{column}_p80": stats["p80"], f"{column[:-3]}_reps": stats["reps"]})
+        cases.clear()
+        _free_memory(device)
+        report(f"T={T} done", len(mixers))
+    frame = pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
     return add_ratios(frame, backward)
 
 
@@ -274,21 +310,32 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _si(value: Any) -> str:
+    """12_345_678 -> "12.3M"; NaN -> "-"."""
+    if value is None or value != value:
+        return "-"
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
 def results_table(frame: Any, backward: bool) -> Any:
     from rich.table import Table
 
     basis = "fwd+bwd" if backward else "fwd"
-    table = Table(title="harness bench (times: median ms)")
-    for header in ("mixer", "T", "fwd ms", "fwd+bwd ms", f"vs softmax ({basis})", "peak MB", "GFLOPs", "status"):
-        table.add_column(header, justify="left" if header in ("mixer", "status") else "right")
+    table = Table(title=f"harness bench (median ms; ratio = {basis} time / softmax's at the same T)")
+    for header in ("mixer", "T", "fwd ms", "fwd+bwd ms", "vs softmax", "peak MB", "FLOPs", "status"):
+        table.add_column(header, justify="left" if header in ("mixer", "status") else "right",
+                         no_wrap=header == "mixer")
     previous = None
     for r in frame.itertuples(index=False):
         if previous is not None and r.mixer != previous:
             table.add_section()
         previous = r.mixer
         table.add_row(r.mixer, str(r.T), _fmt(r.fwd_ms, ".3f"), _fmt(r.fwd_bwd_ms, ".3f"),
-                      _fmt(r.ratio_vs_softmax, ".2f") + ("x" if r.status == "ok" else ""), _fmt(r.peak_mem_mb, ".1f"),
-                      _fmt(r.flops / 1e9, ".3f"),
+                      _fmt(r.ratio_vs_softmax, ".2f") + ("x" if r.status == "ok" else ""),
+                      _fmt(r.peak_mem_mb, ".1f"), _si(r.flops),
                       r.status if r.status == "ok" else f"[red]{r.status}[/red]")
     return table
 
@@ -354,16 +401,19 @@ def _threads() -> int:
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--reps", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-time", "max_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds of timed calls per mixer, length and phase; slow cases stop early (>= 3 reps).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads [default: the cores this process may use].")
 @click.option("--out", "out_dir", default="results/bench", show_default=True, type=click.Path(file_okay=False))
 @click.option("--mlflow/--no-mlflow", "use_mlflow", default=False, show_default=True)
-@click.option("--tracking-uri", default=None, help=f"MLflow URI [default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}].")
+@click.option("--tracking-uri", default=None,
+              help=f"MLflow URI [default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}].")
 @click.option("--option", "option_items", multiple=True, metavar="MIXER.KEY=VALUE",
               help="Mixer option, e.g. mop.edgewise.views=5 (repeatable; values are TOML/JSON literals).")
 def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, causal: bool, backward: bool,
-                  device: str, dtype: str, warmup: int, reps: int, threads: int | None, out_dir: str,
-                  use_mlflow: bool, tracking_uri: str | None, option_items: tuple[str, ...]) -> None:
+                  device: str, dtype: str, warmup: int, reps: int, max_seconds: float, threads: int | None,
+                  out_dir: str, use_mlflow: bool, tracking_uri: str | None, option_items: tuple[str, ...]) -> None:
     """Time every mixer across sequence lengths, relative to softmax at the same shape."""
     from harness.registry import UnknownNameError
 
@@ -396,7 +446,8 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     shape = f"B={batch} D={dim} H={heads} causal={causal} backward={backward}"
     console.print(f"[bold]harness bench[/bold]  device={device_label(dev)}  dtype={dtype}  "
                   f"torch={torch.__version__}  threads={torch.get_num_threads()}")
-    console.print(f"shape: {shape}  T={','.join(map(str, lens))}  warmup={warmup} reps={reps}")
+    console.print(f"shape: {shape}  T={','.join(map(str, lens))}  "
+                  f"warmup={warmup} reps={reps} max-time={max_seconds:g}s")
     busy = _busy_warning(dev)
     if busy:
         console.print(f"[yellow]{busy}[/yellow]")
@@ -405,15 +456,18 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
 
     # Refresh only between cases: an auto-refresh thread would wake up during the timed calls and
     # compete with torch's threads for the cores.
+    start = time.monotonic()
     with Progress(console=console, transient=True, auto_refresh=False) as progress:
         task = progress.add_task("benchmarking", total=len(names) * len(lens))
 
-        def on_case(mixer: str, T: int, finished: bool) -> None:
-            progress.update(task, advance=int(finished), description=f"{mixer} T={T}", refresh=True)
+        def on_progress(description: str, done: int) -> None:
+            progress.update(task, advance=done, description=description, refresh=True)
+            if done:  # a line per length too, for logs where the bar is not shown
+                progress.console.print(f"{description} ({time.monotonic() - start:.0f} s)", highlight=False)
 
         frame = run_bench(names, lens, dim=dim, heads=heads, batch=batch, causal=causal, backward=backward,
                           device=dev, dtype=DTYPES[dtype], warmup=warmup, reps=reps, options_by_mixer=options,
-                          on_case=on_case)
+                          max_seconds=max_seconds, on_progress=on_progress)
 
     console.print(results_table(frame, backward))
     for r in frame[frame["status"] != "ok"].itertuples(index=False):
@@ -447,6 +501,7 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
         params = {"mixers": ",".join(names), "seq_lens": ",".join(map(str, lens)), "dim": dim, "heads": heads,
                   "batch": batch, "causal": causal, "backward": backward, "device": device_label(dev),
                   "dtype": dtype, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "warmup": warmup, "reps": reps, "options": json.dumps(options, sort_keys=True)}
+                  "warmup": warmup, "reps": reps, "max_time": max_seconds,
+                  "options": json.dumps(options, sort_keys=True)}
         run_id = log_to_mlflow(uri, params, frame, [csv_path, png_path], time_col)
         console.print(f"logged to MLflow run {run_id} (experiment 'bench', {uri})")

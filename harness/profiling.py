@@ -13,6 +13,7 @@ import gc
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from harness.flops import flop_counter
 
 MB = 2**20
 
@@ -55,19 +57,8 @@ def quantile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def time_callable(fn: Callable[[], Any], warmup: int = 3, reps: int = 10,
-                  device: str | torch.device | None = "cpu") -> dict[str, float]:
-    """Time ``fn()`` ``reps`` times after ``warmup`` untimed calls; milliseconds.
-
-    Returns median, p20, p80, mean, std, min, max and reps. On CUDA each call is bracketed by
-    CUDA events and the device is synchronised, so the time is the kernels' time, not the launch's.
-    """
-    if reps < 1:
-        raise ValueError("reps must be >= 1")
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = [_time_once_cuda(fn) if _is_cuda(device) else _time_once_cpu(fn) for _ in range(reps)]
+def summarize(times: list[float]) -> dict[str, float]:
+    """median, p20, p80, mean, std, min, max and reps of a list of times."""
     return {
         "median": statistics.median(times),
         "p20": quantile(times, 0.2),
@@ -76,8 +67,62 @@ def time_callable(fn: Callable[[], Any], warmup: int = 3, reps: int = 10,
         "std": statistics.stdev(times) if len(times) > 1 else 0.0,
         "min": min(times),
         "max": max(times),
-        "reps": float(reps),
+        "reps": float(len(times)),
     }
+
+
+def time_callable(fn: Callable[[], Any], warmup: int = 3, reps: int = 10,
+                  device: str | torch.device | None = "cpu", max_seconds: float | None = None) -> dict[str, float]:
+    """Time ``fn()`` ``reps`` times after ``warmup`` untimed calls; milliseconds.
+
+    Returns median, p20, p80, mean, std, min, max and reps. On CUDA each call is bracketed by
+    CUDA events and the device is synchronised, so the time is the kernels' time, not the launch's.
+    ``max_seconds`` caps the time spent on a slow ``fn`` (see ``time_interleaved``).
+    """
+    result = time_interleaved({"fn": fn}, warmup, reps, device, max_seconds)["fn"]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 3, reps: int = 10,
+                     device: str | torch.device | None = "cpu", max_seconds: float | None = None,
+                     min_reps: int = 3) -> dict[str, dict[str, float] | Exception]:
+    """Time several callables in interleaved rounds (one call of each per round, the order rotating),
+    so a load change on a shared machine hits all of them alike and their ratios stay fair.
+
+    ``max_seconds`` bounds the time spent on one callable: a call slower than ``max_seconds / reps``
+    gets a single warm-up, and timing stops once its timed calls add up to ``max_seconds`` with at
+    least ``min_reps`` of them (the ``reps`` entry of its statistics says how many were taken).
+    Returns each name's ``time_callable`` statistics, or the exception it raised; a callable that
+    raises is dropped from later rounds and the others go on.
+    """
+    if reps < 1:
+        raise ValueError("reps must be >= 1")
+    budget = math.inf if max_seconds is None else max_seconds * 1e3
+    time_once = _time_once_cuda if _is_cuda(device) else _time_once_cpu
+    warm_left = dict.fromkeys(fns, warmup)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    failed: dict[str, Exception] = {}
+
+    def finished(name: str) -> bool:
+        ts = times[name]
+        return name in failed or len(ts) >= reps or (len(ts) >= min(min_reps, reps) and sum(ts) >= budget)
+
+    round_ = 0
+    while active := [n for n in fns if not finished(n)]:
+        shift = round_ % len(active)
+        for name in active[shift:] + active[:shift]:
+            try:
+                if warm_left[name] > 0:
+                    took = _time_once_cpu(lambda: (fns[name](), synchronize(device)))
+                    warm_left[name] = 0 if took > budget / reps else warm_left[name] - 1
+                else:
+                    times[name].append(time_once(fns[name]))
+            except Exception as exc:  # recorded for this callable; the others still run
+                failed[name] = exc.with_traceback(None)  # frees the frames (and tensors) it holds
+        round_ += 1
+    return {name: failed[name] if name in failed else summarize(times[name]) for name in fns}
 
 
 def _time_once_cpu(fn: Callable[[], Any]) -> float:
@@ -191,36 +236,12 @@ class PeakMemory:
 
 # ---------------------------------------------------------------------------------------- FLOPs
 
-def _cpu_sdpa_formulas() -> dict[Any, Any]:
-    """torch's flop counter has no formula for the CPU flash-attention kernel that SDPA uses on
-    CPU; without these, softmax attention on CPU would count only its projections."""
-    try:  # torch's own counts for the other SDPA kernels; their names are not public API
-        from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-    except ImportError:
-        return {}
-
-    def forward(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
-        return sdpa_flop_count(q_shape, k_shape, v_shape)
-
-    def backward(g_shape: Any, q_shape: Any, k_shape: Any, v_shape: Any, *args: Any,
-                 out_shape: Any = None, **kw: Any) -> int:
-        return sdpa_backward_flop_count(g_shape, q_shape, k_shape, v_shape)
-
-    aten = torch.ops.aten
-    mapping: dict[Any, Any] = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = forward
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward
-    return mapping
-
-
 def flops_of(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; elementwise ops count 0).
 
     Causal attention is counted as full attention, as torch's counter does.
     """
-    with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas()) as counter:
+    with flop_counter() as counter:  # harness.flops adds the CPU SDPA kernels torch leaves out
         fn()
     return int(counter.get_total_flops())
 

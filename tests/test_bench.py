@@ -30,6 +30,19 @@ def test_run_bench_forward_only_has_no_backward_times():
     assert frame["ratio_vs_softmax"].iloc[0] == 1.0
 
 
+def test_run_bench_interleaves_several_mixers_and_reports_progress(monkeypatch):
+    # A second registered name for the softmax class stands in for a plugin mixer.
+    from harness.registry import get_registries
+
+    spec = MixerSpec("twin", "harness.nn.softmax:SoftmaxAttention")
+    monkeypatch.setitem(get_registries().mixers._specs, "twin", spec)
+    seen = []
+    frame = bench.run_bench(["softmax", "twin"], [16], on_progress=lambda d, n: seen.append(n), **TINY)
+    assert list(frame["status"]) == ["ok", "ok"]
+    assert frame["ratio_vs_softmax"].iloc[1] > 0
+    assert sum(seen) == 2
+
+
 def test_out_of_memory_is_recorded_not_fatal(monkeypatch):
     def forward(self, x, pad=None):
         if x.shape[1] >= 64:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -28,6 +29,34 @@ def test_time_callable_returns_ordered_quantiles():
     stats = profiling.time_callable(lambda: torch.randn(64, 64) @ torch.randn(64, 64), warmup=1, reps=7)
     assert 0 < stats["min"] <= stats["p20"] <= stats["median"] <= stats["p80"] <= stats["max"]
     assert stats["reps"] == 7
+
+
+def test_time_interleaved_records_a_failure_and_goes_on():
+    calls = []
+
+    def broken():
+        raise RuntimeError("boom")
+
+    results = profiling.time_interleaved({"ok": lambda: calls.append(1), "broken": broken}, warmup=1, reps=3)
+    assert results["ok"]["reps"] == 3 and len(calls) == 4
+    assert isinstance(results["broken"], RuntimeError)
+    with pytest.raises(RuntimeError, match="boom"):
+        profiling.time_callable(broken, warmup=0, reps=1)
+
+
+def test_time_interleaved_stops_a_slow_callable_at_the_time_budget():
+    calls = {"slow": 0, "fast": 0}
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.02)
+
+    def fast():
+        calls["fast"] += 1
+
+    results = profiling.time_interleaved({"slow": slow, "fast": fast}, warmup=3, reps=50, max_seconds=0.01)
+    assert results["slow"]["reps"] == 3 and calls["slow"] == 1 + 3  # one warm-up for a slow call
+    assert results["fast"]["reps"] >= 3
 
 
 def test_time_callable_rejects_zero_reps():
@@ -67,7 +96,8 @@ def test_measure_matmul_flops_is_positive():
 
 def test_gpu_peak_flops_table():
     assert profiling.gpu_peak_flops("NVIDIA H100 80GB HBM3", torch.bfloat16) == (pytest.approx(989.4e12), True)
-    assert profiling.gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == (pytest.approx(756e12), True)  # specific name wins
+    # the more specific name wins over "H100"
+    assert profiling.gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == (pytest.approx(756e12), True)
     assert profiling.gpu_peak_flops("NVIDIA A100-SXM4-80GB", torch.bfloat16)[0] == pytest.approx(312e12)
     assert profiling.gpu_peak_flops("Tesla T4", torch.bfloat16) == (None, True)  # T4 has no bf16
     assert profiling.gpu_peak_flops("Some Future GPU", torch.bfloat16) == (None, True)
