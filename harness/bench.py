@@ -22,7 +22,6 @@ import click
 
 REFERENCE = "softmax"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 NOISY_SPREAD = 0.25  # (p80 - p20) / median above which a timing is flagged as noisy
 COLUMNS = ["mixer", "T", "status", "fwd_ms", "fwd_ms_p20", "fwd_ms_p80", "fwd_reps",
            "fwd_bwd_ms", "fwd_bwd_ms_p20", "fwd_bwd_ms_p80", "fwd_bwd_reps",
@@ -351,11 +350,9 @@ def device_label(device: Any) -> str:
 
 
 def log_to_mlflow(tracking_uri: str, params: dict[str, Any], frame: Any, files: list[Path], time_col: str) -> str:
-    import mlflow
+    from harness.tracking import connect
 
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
+    mlflow = connect(tracking_uri)
     mlflow.set_experiment("bench")
     with mlflow.start_run(run_name="bench") as run:
         mlflow.log_params(params)
@@ -408,7 +405,7 @@ def _threads() -> int:
 @click.option("--out", "out_dir", default="results/bench", show_default=True, type=click.Path(file_okay=False))
 @click.option("--mlflow/--no-mlflow", "use_mlflow", default=False, show_default=True)
 @click.option("--tracking-uri", default=None,
-              help=f"MLflow URI [default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}].")
+              help="MLflow URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")
 @click.option("--option", "option_items", multiple=True, metavar="MIXER.KEY=VALUE",
               help="Mixer option, e.g. mop.edgewise.views=5 (repeatable; values are TOML/JSON literals).")
 def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, causal: bool, backward: bool,
@@ -497,7 +494,9 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     console.print(f"wrote {csv_path} and {png_path}")
 
     if use_mlflow:
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        from harness.tracking import tracking_uri as resolve_uri
+
+        uri = resolve_uri(tracking_uri)
         params = {"mixers": ",".join(names), "seq_lens": ",".join(map(str, lens)), "dim": dim, "heads": heads,
                   "batch": batch, "causal": causal, "backward": backward, "device": device_label(dev),
                   "dtype": dtype, "torch": torch.__version__, "threads": torch.get_num_threads(),

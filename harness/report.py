@@ -919,12 +919,8 @@ def load_results_mlflow(
 
 
 def _mlflow_metric_key(name: str) -> str:
-    try:
-        from harness.tracking import metric_key
-    except ImportError:  # pragma: no cover - the tracker is a default plugin of the core
-        import re
+    from harness.tracking import metric_key
 
-        return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", name.replace("@", "_at_"))
     return metric_key(name)
 
 

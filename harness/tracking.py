@@ -47,7 +47,8 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: str(value)[:6000]}
 
 
-def _mlflow() -> Any:
+def connect(explicit_uri: str | None = None) -> Any:
+    """The mlflow module pointed at the resolved tracking URI (creating mlruns/ for the local store)."""
     import logging
 
     import mlflow
@@ -58,14 +59,14 @@ def _mlflow() -> Any:
     mlflow.set_system_metrics_sampling_interval(2)
     mlflow.set_system_metrics_samples_before_logging(1)
 
-    uri = tracking_uri()
+    uri = tracking_uri(explicit_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return mlflow
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip() or "unknown"
@@ -73,7 +74,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _device() -> str:
+def device_label() -> str:
     import torch
 
     if torch.cuda.is_available():
@@ -81,7 +82,7 @@ def _device() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _versions() -> str:
+def versions() -> str:
     from harness.plugins import plugin_infos
 
     import torch
@@ -95,7 +96,7 @@ def _versions() -> str:
 def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
     if not _State.enabled:
         return
-    mlflow = _mlflow()
+    mlflow = connect()
     artifacts = None
     if tracking_uri() == DEFAULT_URI:  # keep artifacts beside the database, not in ./mlartifacts
         artifacts = Path("mlruns/artifacts").resolve().as_uri()
@@ -104,8 +105,8 @@ def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
     mlflow.set_experiment(suite.name)
     parent = mlflow.start_run(run_name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
         "harness.role": "parent", "harness.metric": suite.suite.metric, "harness.reference": suite.reference,
-        "harness.higher_is_better": str(_higher(suite.suite.metric)).lower(), "harness.git_commit": _git_commit(),
-        "harness.versions": _versions(), "harness.device": _device(),
+        "harness.higher_is_better": str(_higher(suite.suite.metric)).lower(), "harness.git_commit": git_commit(),
+        "harness.versions": versions(), "harness.device": device_label(),
     })
     _State.parent_id = parent.info.run_id
     mlflow.log_params({k: v for k, v in flatten("", {"suite": suite.suite.model_dump(), "budget":
@@ -127,13 +128,13 @@ def run_started(run: Any) -> None:
 
 
 def _start_child(run: Any, system_metrics: bool, **extra_tags: str) -> None:
-    mlflow = _mlflow()
+    mlflow = connect()
     child = mlflow.start_run(run_name=run.key, nested=True, log_system_metrics=system_metrics, tags={
         **extra_tags,
         "harness.role": "run", "harness.suite": run.suite, "harness.variant": run.variant,
         "harness.seed": str(run.seed), "harness.mixer": run.mixer, "harness.model": run.model,
         "harness.config_hash": run.config_hash, "harness.overrides": ",".join(run.overrides),
-        "harness.git_commit": _git_commit(), "harness.versions": _versions(), "harness.device": _device(),
+        "harness.git_commit": git_commit(), "harness.versions": versions(), "harness.device": device_label(),
     })
     _State.child_id = child.info.run_id
     params = flatten("", {"variant": run.variant, "mixer": run.mixer, "seed": run.seed, "model_name": run.model,
@@ -146,7 +147,7 @@ def _start_child(run: Any, system_metrics: bool, **extra_tags: str) -> None:
 def metrics_logged(run: Any, metrics: dict[str, float], step: int) -> None:
     if not _State.enabled or _State.child_id is None:
         return
-    _mlflow().log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
+    connect().log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 @hookimpl
@@ -158,7 +159,7 @@ def run_finished(run: Any, result: Any) -> None:
         _start_child(run, system_metrics=False, **{"harness.reused_run_id": result.run_id or ""})
     if _State.child_id is None:
         return
-    mlflow = _mlflow()
+    mlflow = connect()
     final = {**result.metrics, **{k: v for k, v in result.efficiency.items() if v is not None}}
     if final:
         mlflow.log_metrics({metric_key(k): float(v) for k, v in final.items()})
@@ -183,7 +184,7 @@ def run_finished(run: Any, result: Any) -> None:
 def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
     if not _State.enabled or _State.parent_id is None:
         return
-    mlflow = _mlflow()
+    mlflow = connect()
     out = Path(output_dir)
     for name in ("suite.json", "results.csv", "summary.csv", "results.md", "learning_curves.png",
                  "metric_vs_params.png"):

@@ -474,7 +474,7 @@ class _Tracker:
     def __init__(self) -> None:
         from harness import tracking
 
-        mlflow = tracking._mlflow()  # sets the URI, creates mlruns/ for the default sqlite store
+        mlflow = tracking.connect()  # sets the URI, creates mlruns/ for the default sqlite store
         self.uri = tracking.tracking_uri()
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
 
@@ -819,8 +819,8 @@ def tune(suite: Suite, *, suite_path: str, overrides: list[str], variants: list[
                 parent_id = tracker.start(experiment_id, f"{variant}-tune-{time.strftime('%Y%m%d-%H%M%S')}", {
                     "harness.role": "tune-parent", "harness.suite": suite.name, "harness.variant": variant,
                     "harness.study": name, "harness.storage": display_url(url), "harness.metric": metric,
-                    "harness.direction": direction, "harness.git_commit": tracking._git_commit(),
-                    "harness.device": tracking._device(), "harness.versions": tracking._versions(),
+                    "harness.direction": direction, "harness.git_commit": tracking.git_commit(),
+                    "harness.device": tracking.device_label(), "harness.versions": tracking.versions(),
                 })
                 tracker.params(parent_id, {"study": name, "storage": display_url(url), "trials": n_trials,
                                            "workers": workers, "metric": metric, "direction": direction,
