@@ -309,6 +309,13 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _ms(value: Any) -> str:
+    """Milliseconds with about 4 significant digits: 2.838, 57.24, 2174, 15454."""
+    if value is None or value != value:
+        return "-"
+    return format(value, ".3f" if value < 10 else ".2f" if value < 100 else ".1f" if value < 1000 else ".0f")
+
+
 def _si(value: Any) -> str:
     """12_345_678 -> "12.3M"; NaN -> "-"."""
     if value is None or value != value:
@@ -332,7 +339,7 @@ def results_table(frame: Any, backward: bool) -> Any:
         if previous is not None and r.mixer != previous:
             table.add_section()
         previous = r.mixer
-        table.add_row(r.mixer, str(r.T), _fmt(r.fwd_ms, ".3f"), _fmt(r.fwd_bwd_ms, ".3f"),
+        table.add_row(r.mixer, str(r.T), _ms(r.fwd_ms), _ms(r.fwd_bwd_ms),
                       _fmt(r.ratio_vs_softmax, ".2f") + ("x" if r.status == "ok" else ""),
                       _fmt(r.peak_mem_mb, ".1f"), _si(r.flops),
                       r.status if r.status == "ok" else f"[red]{r.status}[/red]")
