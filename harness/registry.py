@@ -145,3 +145,8 @@ def task(name: str) -> TaskSpec:
 
 def metric(name: str) -> MetricSpec:
     return get_registries().metrics.get(name)
+
+
+def metric_higher_is_better(metric: str) -> bool:
+    """Direction of a suite metric such as ``"test/accuracy"`` (split prefix optional)."""
+    return get_registries().metrics.get(metric.rpartition("/")[2]).higher_is_better

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.registry import metric_higher_is_better
 from harness.specs import Run, RunResult
 from harness.suite import Suite
 from harness.validate import Plan, build_task, check_suite
@@ -89,9 +91,9 @@ def _error_reason(exc: BaseException) -> str:
 
 def execute_run(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path = Path(".")) -> RunResult:
     """Build, count, train and evaluate one run. Exceptions propagate to the caller."""
-    import torch
 
     from harness.budget import count_params, flops_per_token
+    from harness.profiling import PeakMemory
     from harness.registry import model as model_spec
     from harness.train import TrainConfig, resolve_device, train
 
@@ -109,12 +111,11 @@ def execute_run(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path = Path
     }
     if plan.target is not None:
         efficiency.update(target_params=plan.target, param_gap=plan.gap)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    outcome = train(model, task, cfg, seed=run.seed,
-                    on_metrics=lambda metrics, step: hook.metrics_logged(run=run, metrics=metrics, step=step))
+    with PeakMemory(device) as memory:
+        outcome = train(model, task, cfg, seed=run.seed,
+                        on_metrics=lambda metrics, step: hook.metrics_logged(run=run, metrics=metrics, step=step))
     efficiency.update(samples_per_s=outcome.samples_per_s, train_time_s=outcome.train_time_s,
-                      loop_overhead=outcome.loop_overhead, peak_mem_mb=_peak_mem_mb(device))
+                      loop_overhead=outcome.loop_overhead, peak_mem_mb=memory.peak_mb)
     tokens_per_sample = tokens // example.shape[0]
     efficiency["tokens_per_s"] = outcome.samples_per_s * tokens_per_sample
     artifacts = {}
@@ -155,16 +156,6 @@ def _profile(run: Run, model: Any, task: Any, cfg: Any, device: Any, efficiency:
     return paths
 
 
-def _peak_mem_mb(device: Any) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (Linux: KiB)
-
-
 def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any = None) -> list[RunResult]:
     """Run every (variant, seed); returns results in plan order. KeyboardInterrupt marks the
     current run killed, reports what finished, and re-raises."""
@@ -189,7 +180,7 @@ def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any =
     log = RunLog(out_dir)
     (out_dir / "suite.json").write_text(json.dumps({
         "name": suite.name, "metric": suite.suite.metric, "reference": suite.reference,
-        "higher_is_better": _higher_is_better(suite.suite.metric), "variants": list(suite.variants),
+        "higher_is_better": metric_higher_is_better(suite.suite.metric), "variants": list(suite.variants),
         "config": suite.model_dump(),  # the resolved suite: extends and --set applied
     }, indent=2, default=str))
     done = log.finished()
@@ -247,7 +238,7 @@ def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: Any, console:
     except Exception as exc:
         reason = _error_reason(exc)
         console.print(f"[red]run {run.key} failed: {reason}[/red]")
-        if "HARNESS_DEBUG" in __import__("os").environ:
+        if "HARNESS_DEBUG" in os.environ:  # full traceback on request
             console.print(traceback.format_exc())
         result = RunResult(run, "failed", error=reason)
     progress.remove_task(bar)
@@ -255,9 +246,3 @@ def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: Any, console:
         console.print(f"{run.key}: {run.metric} = {result.metrics.get(run.metric, float('nan')):.4f} "
                       f"({time.perf_counter() - start:.0f} s)")
     return result
-
-
-def _higher_is_better(metric: str) -> bool:
-    from harness.registry import metric as metric_spec
-
-    return metric_spec(metric.partition("/")[2]).higher_is_better

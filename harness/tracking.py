@@ -96,6 +96,8 @@ def versions() -> str:
 def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
     if not _State.enabled:
         return
+    from harness.registry import metric_higher_is_better
+
     mlflow = connect()
     artifacts = None
     if tracking_uri() == DEFAULT_URI:  # keep artifacts beside the database, not in ./mlartifacts
@@ -105,19 +107,13 @@ def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
     mlflow.set_experiment(suite.name)
     parent = mlflow.start_run(run_name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
         "harness.role": "parent", "harness.metric": suite.suite.metric, "harness.reference": suite.reference,
-        "harness.higher_is_better": str(_higher(suite.suite.metric)).lower(), "harness.git_commit": git_commit(),
+        "harness.higher_is_better": str(metric_higher_is_better(suite.suite.metric)).lower(), "harness.git_commit": git_commit(),
         "harness.versions": versions(), "harness.device": device_label(),
     })
     _State.parent_id = parent.info.run_id
     mlflow.log_params({k: v for k, v in flatten("", {"suite": suite.suite.model_dump(), "budget":
                        suite.budget.model_dump() if suite.budget else {}}).items()})
     mlflow.log_param("runs", len(runs))
-
-
-def _higher(metric: str) -> bool:
-    from harness.registry import metric as metric_spec
-
-    return metric_spec(metric.partition("/")[2]).higher_is_better
 
 
 @hookimpl

@@ -2,8 +2,6 @@
 import json
 
 import pytest
-import torch
-from torch import nn
 
 from harness import MixerSpec, hookimpl, tracking
 from harness.nn.softmax import SoftmaxAttention

@@ -9,11 +9,11 @@ from harness import hookimpl
 @hookimpl
 def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
     from harness import report
-    from harness.runner import _higher_is_better
+    from harness.registry import metric_higher_is_better
 
     if not results:
         return
-    metric, higher = suite.suite.metric, _higher_is_better(suite.suite.metric)
+    metric, higher = suite.suite.metric, metric_higher_is_better(suite.suite.metric)
     paths = report.write_reports(results, output_dir, metric=metric, higher_is_better=higher,
                                  reference=suite.reference, title=suite.name)
     summary = report.summarize(report.results_frame(results), metric, higher, suite.reference)
