@@ -437,7 +437,7 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     from rich.console import Console
     from rich.progress import Progress
 
-    from harness.profiling import as_device
+    from harness.profiling import as_device, keep_freed_memory
 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("--device cuda was asked but torch sees no CUDA device")
@@ -445,6 +445,7 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     if dtype != "fp32" and dev.type != "cuda":
         raise click.UsageError(f"--dtype {dtype} is only supported on cuda; this run is on {dev.type} (use fp32)")
     torch.set_num_threads(threads or _threads())
+    keep_freed_memory()
 
     console = Console()
     shape = f"B={batch} D={dim} H={heads} causal={causal} backward={backward}"

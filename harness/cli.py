@@ -162,7 +162,10 @@ def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str
         overrides = tuned + overrides  # an explicit --set still wins
     suite = _suite_or_exit(suite_path, overrides + extra)
     tracking.configure(enabled=not no_track, tracking_uri=tracking_uri)
+    from harness.profiling import keep_freed_memory
     from harness.runner import run_suite
+
+    keep_freed_memory()
 
     try:
         results = run_suite(suite, variants=list(variants) or None)
@@ -212,6 +215,9 @@ def tune_command(suite_path: str, variants: tuple[str, ...], trials: int | None,
     from harness.tune import TuneError, tune
 
     suite = _suite_or_exit(suite_path, overrides)
+    from harness.profiling import keep_freed_memory
+
+    keep_freed_memory()
     try:
         tune(suite, suite_path=suite_path, overrides=list(overrides), variants=list(variants) or None,
              trials=trials, storage=storage, study=study_name, workers=workers, track=not no_track,

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -75,6 +78,44 @@ def test_peak_memory_cpu_sees_an_allocation():
     assert mem.peak_mb > 0
     if mem.resettable:  # Linux: the high-water mark was reset on entry
         assert mem.delta_mb > 32
+
+
+_KEEP_FREED_PROBE = """
+import torch
+from harness.profiling import PeakMemory, _reset_rss_high_water, current_rss_mb, keep_freed_memory
+took = keep_freed_memory()
+deltas = []
+for _ in range(2):
+    with PeakMemory("cpu") as mem:
+        x = torch.ones(16 * 2**20)  # 64 MiB, every page touched
+        del x
+    deltas.append(mem.delta_mb if mem.resettable else 64.0)
+_reset_rss_high_water()             # trims the heap
+before = current_rss_mb()
+x = torch.ones(16 * 2**20)
+del x
+print(int(took), min(deltas), current_rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+@pytest.mark.parametrize("enabled", [True, False])
+def test_keep_freed_memory_keeps_freed_blocks_and_peak_deltas_stay_exact(enabled):
+    """In a fresh process (the setting is process-wide): with keep_freed_memory a freed 64 MiB
+    block stays resident for reuse (without it glibc unmaps it at once), and PeakMemory still sees
+    the full growth of an allocation that could reuse kept memory."""
+    env = {**os.environ, "HARNESS_KEEP_FREED_MEMORY": "1" if enabled else "0"}
+    out = subprocess.run([sys.executable, "-c", _KEEP_FREED_PROBE], capture_output=True, text=True, check=True,
+                         env=env).stdout
+    took, smallest_delta, kept = out.split()
+    assert bool(int(took)) is enabled
+    assert float(smallest_delta) > 32
+    assert (float(kept) > 32) is enabled
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("HARNESS_KEEP_FREED_MEMORY", "0")
+    assert profiling.keep_freed_memory() is False
 
 
 def test_cpu_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):

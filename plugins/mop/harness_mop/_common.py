@@ -71,3 +71,35 @@ def chain_products(a: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
     maps = a.unbind(dim)
     eq = _chain_equation(len(maps))
     return torch.einsum(eq, *maps), torch.einsum(eq, *maps[::-1])
+
+
+class ViewLogSumExp(torch.autograd.Function):
+    """LSE_i S_i(r, j) - S_1(r, j) over the view axis of s (B, H, n, T, T), read off the row
+    softmaxes the mixer computes anyway: exp S_i(r, j) = A_i(r, j) exp L_i(r), with L_i(r) the
+    log-normaliser of row r of view i, so
+
+        LSE(r, j) = c(r) + log Z(r, j),   Z = sum_i A_i(r, j) exp(L_i(r) - c(r)),   c(r) = max_i L_i(r).
+
+    That is one weighted sum over views in place of a max, a shift and an exp per view and entry
+    (these maps are memory-bound on a CPU). The gradient is the softmax over views,
+    dS_i = g pi_i with pi_i = A_i exp(L_i - c) / Z, minus g on S_1; it reaches S directly.
+
+    Where every view's A_i(r, j) is 0 (a masked key, or one whose score sits 87+ nats below its
+    row's in every view) Z is floored at the smallest normal float, so the value stays finite
+    rather than -inf; a masked entry's value is never read, and such a key carries weight e^-87.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, a: torch.Tensor, row_lse: torch.Tensor) -> torch.Tensor:
+        c = row_lse.amax(2, keepdim=True)                         # (B, H, 1, T)
+        pi = a * (row_lse - c).exp()[..., None]                   # (B, H, n, T, T): Z pi_i
+        z = pi.sum(2).clamp_min_(torch.finfo(a.dtype).tiny)       # (B, H, T, T)
+        ctx.save_for_backward(pi, z)
+        return z.log().add_(c[:, :, 0, :, None]).sub_(s[:, :, 0])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        pi, z = ctx.saved_tensors
+        ds = pi * (g / z)[:, :, None]
+        ds[:, :, 0] -= g
+        return ds, None, None

@@ -25,6 +25,8 @@ class CrossViewAttention(nn.Module):
     cues are causal. Under padding, real (i, j) only ever read real tokens, for the same reason.
     """
 
+    sdpa_on_cpu = False   # the tests turn it on to check the SDPA branch against the formula
+
     def __init__(self, dim: int, *, heads: int, ctx: SeqContext, t1: float = 0.0, t2: float = 0.0,
                  learn_transpose: bool = False, prior: bool = False, prior_weight: float = 0.5,
                  anchor: str = "colmass", fixed_k_star: int = 0):
@@ -52,19 +54,7 @@ class CrossViewAttention(nn.Module):
         H = self.heads
         mask = score_mask(pad, self.causal, T, x.device)
         if not (self.cues or self.prior):
-            # M folded into the key weights (k_eff_a = sum_b M_ab k_b), and the weight rows grouped
-            # per head as [q1 q2 | k_eff1 k_eff2 | v1]: the projection lands with [q1, q2] and
-            # [k_eff1, k_eff2] already adjacent, so SDPA reads views of it with no copy.
-            w = self.qkv.weight.view(5, H, -1, D)                    # (5, H, Dh, D)
-            k_eff = torch.einsum("ab,bhkd->ahkd", self.mix, w[2:4])
-            w = torch.cat([w[0:2], k_eff, w[4:]]).transpose(0, 1).reshape(5 * D, D)   # rows (H, 5, Dh)
-            u = F.linear(x, w).view(B, T, H, 5, -1)                  # (B, T, H, 5, Dh)
-            q_cat = u[..., 0:2, :].flatten(-2).transpose(1, 2)      # (B, H, T, 2Dh): [q1, q2]
-            k_cat = u[..., 2:4, :].flatten(-2).transpose(1, 2)      # (B, H, T, 2Dh): [k_eff1, k_eff2]
-            v = u[..., 4, :].transpose(1, 2)                         # (B, H, T, Dh)
-            y = F.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=self.scale,
-                                               is_causal=self.causal and mask is None)
-            return self.proj(merge_heads(y))
+            return self.proj(merge_heads(self._bilinear(x, mask)))
         u = split_views(self.qkv(x), 5, H)                           # (5, B, H, T, Dh)
         q, k, v = u[0:2], u[2:4], u[4]                               # (2, B, H, T, Dh) x2, (B, H, T, Dh)
         k_eff = torch.einsum("ab,bnhtd->anhtd", self.mix, k)         # row a of M folded into the keys
@@ -76,6 +66,29 @@ class CrossViewAttention(nn.Module):
         if self.prior:
             a = (1.0 - self.prior_weight) * a + self.prior_weight * self._sharp(views, mask, pad)
         return self.proj(merge_heads(a @ v))
+
+    def _bilinear(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax([q1, q2] [k_eff1, k_eff2]^T) v1 -> (B, H, T, Dh), with M folded into the key
+        weights (k_eff_a = sum_b M_ab k_b) and the scale into the query weights. The weight rows are
+        grouped per head as [q1 q2 | k_eff1 k_eff2 | v1], so one projection leaves [q1, q2] and
+        [k_eff1, k_eff2] adjacent, and a split (whose backward is one concatenation) cuts them out.
+
+        On CPU the attention is two batched matmuls: torch's CPU flash kernel needs one head width
+        for q, k and v, and for 2Dh-wide q, k with a Dh-wide v SDPA falls back to its math path,
+        which measured slower than this (TARGETS.md's shape). Elsewhere SDPA runs it."""
+        B, T, D = x.shape
+        H = self.heads
+        w = self.qkv.weight.view(5, H, -1, D)                        # (5, H, Dh, D)
+        k_eff = torch.einsum("ab,bhkd->ahkd", self.mix, w[2:4])
+        w = torch.cat([w[0:2] * self.scale, k_eff, w[4:]]).transpose(0, 1).reshape(5 * D, D)   # rows (H, 5, Dh)
+        q, k, v = F.linear(x, w).view(B, T, H, 5, -1).split([2, 2, 1], dim=3)
+        q = q.flatten(3).transpose(1, 2)                             # (B, H, T, 2Dh): [q1, q2] / sqrt(Dh)
+        k = k.flatten(3).transpose(1, 2)                             # (B, H, T, 2Dh): [k_eff1, k_eff2]
+        v = v.squeeze(3).transpose(1, 2)                             # (B, H, T, Dh)
+        if self.sdpa_on_cpu or x.device.type != "cpu":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0,
+                                                  is_causal=self.causal and mask is None)
+        return masked_softmax(q @ k.transpose(-1, -2), mask) @ v
 
     def _sharp(self, views: torch.Tensor, mask: torch.Tensor | None, pad: torch.Tensor | None) -> torch.Tensor:
         """A_sharp(i, j) ~ A1(i, j) A2(k*(i), j), computed in log space as softmax(S1 + log A2[k*]).

@@ -19,7 +19,8 @@ from torch import nn
 
 from harness.nn.aux import report_stat
 from harness.nn.context import SeqContext
-from harness_mop._common import chain_products, masked_softmax, merge_heads, real_pairs, score_mask, split_views
+from harness_mop._common import (ViewLogSumExp, chain_products, masked_softmax, merge_heads, real_pairs, score_mask,
+                                 split_views)
 from harness_mop.gate_heads import (PRESETS, DenseGateHead, GateInputs, LowRankGateHead, check_preset,
                                     score_means)
 from harness_mop.lens import LensBank
@@ -93,7 +94,8 @@ class EdgewiseAttention(nn.Module):
         s = _scores(q, k)                                                # (B, H, n, T, T)
         # s is finite everywhere: masks act on softmax inputs and, as zeros, on gate features.
         mask = score_mask(pad, self.causal, T, x.device)                 # (B|1, 1, T, T)
-        a = masked_softmax(s, None if mask is None else mask[:, :, None])   # (B, H, n, T, T): A_i
+        s_vis = s if mask is None else s.masked_fill(~mask[:, :, None], float("-inf"))
+        a = s_vis.softmax(-1)                                            # (B, H, n, T, T): A_i
         c_fwd, c_bwd = chain_products(a, 2)                              # (B, H, T, T) each
         log_f, log_b = torch.log(c_fwd + self.eps), torch.log(c_bwd + self.eps)   # 0 -> log eps, finite
         keep = real_pairs(pad, self.causal, T, x.device)                 # features and row means
@@ -101,14 +103,15 @@ class EdgewiseAttention(nn.Module):
         means = score_means(q, k, keep, cols) if self.lowrank else (None, None)   # (B, H, n, T) each
         g = self.gate_head(GateInputs(s, *means, log_f, log_b, keep, cols))
         g_and, g_or, g_not, g_chain = g.unbind(2)                        # (B, H, T, T) each, in [0, 1]
-        # S_1 and sum_i S_i as their own small products, so no slice of the stack is backpropagated.
+        # S_1 and sum_{i>1} S_i as their own small products, so no slice of the stack is backpropagated.
         s1 = q[:, :, 0] @ k[:, :, 0].transpose(-1, -2)                   # (B, H, T, T)
-        total = _score_sum(q, k)                                         # sum_i S_i
-        top = s.amax(2).detach()                                         # LSE over views; exact gradient
-        lse = (s - top[:, :, None]).exp().sum(2).log() + top             # (B, H, T, T), from finite S
+        rest = _score_rest(q, k)                                         # sum_{i>1} S_i
+        with torch.no_grad():
+            row_lse = s_vis.logsumexp(-1)                                # (B, H, n, T): L_i(r)
+        orr = ViewLogSumExp.apply(s, a.detach(), row_lse)                # (B, H, T, T): LSE_i S_i - S_1
         beta = self.log_beta.exp()                                       # (H, 1, 1)
-        coef = g_and - g_not * beta / (self.n - 1)                       # on sum_{i>1} S_i
-        smix = s1 + coef * (total - s1) + g_or * (lse - s1) + g_chain * log_f
+        coef = torch.addcmul(g_and, g_not, beta, value=-1.0 / (self.n - 1))   # on sum_{i>1} S_i
+        smix = torch.addcmul(s1, coef, rest).addcmul(g_or, orr).addcmul(g_chain, log_f)
         y = masked_softmax(smix, mask) @ v1                              # (B, H, T, Dh)
         y = y + torch.sigmoid(self.chain_value_logit) * ((g_chain * c_fwd) @ vn)
         self._report(g)
@@ -132,8 +135,8 @@ def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q @ k.transpose(-1, -2)
 
 
-def _score_sum(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """sum_v q_v k_v^T: with one shared k it is (sum_v q_v) k^T, a single Dh-deep product."""
+def _score_rest(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """sum_{v>1} q_v k_v^T: with one shared k it is (sum_{v>1} q_v) k^T, a single Dh-deep product."""
     if k.shape[2] == 1:
-        return q.sum(2) @ k[:, :, 0].transpose(-1, -2)
-    return torch.einsum("bhvid,bhvjd->bhij", q, k)
+        return q[:, :, 1:].sum(2) @ k[:, :, 0].transpose(-1, -2)
+    return torch.einsum("bhvid,bhvjd->bhij", q[:, :, 1:], k[:, :, 1:])

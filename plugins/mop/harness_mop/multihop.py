@@ -10,10 +10,11 @@ value transport costs one (T, T) x (T, Dh) product instead of hops of them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from harness.nn.context import SeqContext
-from harness_mop._common import masked_softmax, merge_heads, score_mask, split_views
+from harness_mop._common import masked_softmax, merge_heads, score_mask
 
 
 class MultiHopAttention(nn.Module):
@@ -42,10 +43,16 @@ class MultiHopAttention(nn.Module):
         self.chain_value_logit = nn.Parameter(torch.tensor(float(chain_value_init)))
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        T = x.shape[1]
-        u = split_views(self.qkv(x), 6, self.heads)               # (6, B, H, T, Dh)
-        q, k, (v1, v2) = u[0:2], u[2:4], u[4:6].unbind(0)
-        s = (q * self.scale) @ k.transpose(-1, -2)                # (2, B, H, T, T): S1, S2, finite
+        B, T, D = x.shape
+        # The scale is folded into the query rows of the weight, and the views are cut out with
+        # a split of the token-major projection, whose backward is one concatenation
+        # straight into the layout the projection's backward reads (slicing would zero-fill and add a
+        # full-size gradient buffer per slice).
+        w = torch.cat([self.qkv.weight[: 2 * D] * self.scale, self.qkv.weight[2 * D:]])
+        u = F.linear(x, w).view(B, T, 6, self.heads, -1)          # (B, T, 6, H, Dh)
+        q, k, v1, v2 = (p.permute(2, 0, 3, 1, 4) for p in u.split([2, 2, 1, 1], dim=2))   # (2|1, B, H, T, Dh)
+        v1, v2 = v1.squeeze(0), v2.squeeze(0)                     # (B, H, T, Dh) each
+        s = q @ k.transpose(-1, -2)                               # (2, B, H, T, T): S1, S2, finite
         mask = score_mask(pad, self.causal, T, x.device)
         a1, a2 = masked_softmax(s, mask).unbind(0)                # (B, H, T, T) each: A1, A2
         # A1 @ A2^(hops-1); matrix_power squares repeatedly, no Python loop over hops.

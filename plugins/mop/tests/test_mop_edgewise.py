@@ -10,7 +10,7 @@ from harness.nn.blocks import build_mixer
 from harness.nn.context import SeqContext
 from harness.nn.masks import attention_mask
 from harness.testing import check_mixer
-from harness_mop._common import chain_products
+from harness_mop._common import ViewLogSumExp, chain_products
 from harness_mop.gate_heads import PRESETS
 from harness_mop.lens import LensBank
 
@@ -139,6 +139,26 @@ def test_chain_products_match_sequential_products():
     for i in range(1, 5):
         want_f, want_b = want_f @ maps[i], want_b @ maps[4 - i]
     assert torch.allclose(fwd, want_f) and torch.allclose(bwd, want_b)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_view_logsumexp_is_lse_over_views_minus_view_1(masked):
+    """Read off the row softmaxes, LSE_i S_i - S_1 equals torch.logsumexp over the view axis on
+    every visible entry, and its hand-written gradient passes gradcheck (float64)."""
+    torch.manual_seed(0)
+    s = (3 * torch.randn(2, 2, 4, 6, 6, dtype=torch.float64)).requires_grad_()
+    keep = torch.ones(6, 6, dtype=torch.bool).tril() if masked else torch.ones(6, 6, dtype=torch.bool)
+
+    def orr(s):
+        vis = s.masked_fill(~keep, float("-inf"))
+        return ViewLogSumExp.apply(s, vis.softmax(-1).detach(), vis.logsumexp(-1).detach())
+
+    got = orr(s)
+    want = torch.logsumexp(s, 2) - s[:, :, 0]
+    assert torch.allclose(got[..., keep], want[..., keep], atol=1e-12)
+    assert torch.isfinite(got).all()
+    # The mixer masks the entries a masked key feeds, so no gradient ever arrives there.
+    assert torch.autograd.gradcheck(lambda s: orr(s).masked_fill(~keep, 0.0), (s,))
 
 
 @pytest.mark.parametrize("options", [{}, {"gate_mode": "dense"}, {"lens_bank": True, "share_qkv": False}], ids=str)

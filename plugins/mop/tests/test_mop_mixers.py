@@ -48,8 +48,11 @@ def _heads(u, n, heads):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
-def test_crossview_sdpa_path_is_the_bilinear_form(causal, padded):
+@pytest.mark.parametrize("sdpa", [False, True], ids=["bmm", "sdpa"])
+def test_crossview_fast_path_is_the_bilinear_form(causal, padded, sdpa):
+    """Both fast paths (two batched matmuls on CPU, SDPA elsewhere) against the four-map formula."""
     m = _build("mop.crossview", causal)
+    m.sdpa_on_cpu = sdpa
     with torch.no_grad():
         m.mix.copy_(torch.tensor([[0.9, 0.3], [-0.2, 1.1]]))
     x = torch.randn(2, 16, 32, dtype=torch.float64)
