@@ -1,8 +1,8 @@
 """MoP mode C: cross-view binding, S = [Q1, Q2] M [K1; K2]^T with a learnable 2x2 mixer M.
 
 Options beyond the bilinear form: transpose cues t1 S1^T + t2 S2^T and a per-key prior
-A_sharp(i, j) ~ A1(i, j) A2(k*, j). Without them the whole mixer is ONE bilinear form and runs
-through F.scaled_dot_product_attention (queries and keys of width 2*Dh, values of width Dh).
+A_sharp(i, j) ~ A1(i, j) A2(k*, j). Without them the whole mixer is ONE bilinear form: one
+attention with queries and keys of width 2*Dh and values of width Dh (see ``_bilinear``).
 """
 from __future__ import annotations
 

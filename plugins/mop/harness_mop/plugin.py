@@ -9,7 +9,7 @@ PRESETS = ["neutral", "and", "or", "not", "nor", "xor", "chain", "mix5"]
 def register_mixers(register):
     register(MixerSpec(
         "mop.crossview", "harness_mop.crossview:CrossViewAttention",
-        description="MoP mode C: [q1,q2] M [k1;k2]^T with a learnable 2x2 M (SDPA), optional transpose cues "
+        description="MoP mode C: [q1,q2] M [k1;k2]^T with a learnable 2x2 M (one attention), optional transpose cues "
                     "and per-key prior",
         causal_ok=True, padding_ok=True, complexity="T^2",
         defaults={"t1": 0.0, "t2": 0.0, "prior": False, "prior_weight": 0.5, "anchor": "colmass"},
