@@ -94,12 +94,15 @@ class ViewLogSumExp(torch.autograd.Function):
         c = row_lse.amax(2, keepdim=True)                         # (B, H, 1, T)
         pi = a * (row_lse - c).exp()[..., None]                   # (B, H, n, T, T): Z pi_i
         z = pi.sum(2).clamp_min_(torch.finfo(a.dtype).tiny)       # (B, H, T, T)
-        ctx.save_for_backward(pi, z)
-        return z.log().add_(c[:, :, 0, :, None]).sub_(s[:, :, 0])
+        # Normalised here, not as g / Z in backward: where every A_i underflowed, g / Z could be
+        # inf and 0 * inf a NaN.
+        pi /= z[:, :, None]
+        ctx.save_for_backward(pi)
+        return z.log_().add_(c[:, :, 0, :, None]).sub_(s[:, :, 0])
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        pi, z = ctx.saved_tensors
-        ds = pi * (g / z)[:, :, None]
+        (pi,) = ctx.saved_tensors
+        ds = pi * g[:, :, None]
         ds[:, :, 0] -= g
         return ds, None, None

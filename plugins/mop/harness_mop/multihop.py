@@ -61,12 +61,13 @@ class MultiHopAttention(nn.Module):
         use_and, use_or, use_not, use_chain = self.active
         s1, s2 = s.unbind(0)
         smix = s1
-        # Every term reads the finite raw scores; the mask is applied once, to the sum.
+        # Every term reads the finite raw scores; the mask is applied once, to the sum. Each term is
+        # one fused multiply-add (addcmul with a 0-dim gate): these (T, T) passes are memory-bound.
         if use_and or use_not:
-            smix = smix + (g[0] - g[2] * self.beta) * s2
+            smix = torch.addcmul(smix, g[0] - g[2] * self.beta, s2)
         if use_or:
-            smix = smix + g[1] * (torch.logaddexp(s1, s2) - s1)
+            smix = torch.addcmul(smix, g[1], torch.logaddexp(s1, s2) - s1)
         if use_chain:
-            smix = smix + g[3] * torch.log(c + self.eps)          # C is 0 where masked: log(eps), finite
+            smix = torch.addcmul(smix, g[3], torch.log(c + self.eps))   # C is 0 where masked: log(eps), finite
         y = masked_softmax(smix, mask) @ v1 + torch.sigmoid(self.chain_value_logit) * (c @ v2)
         return self.proj(merge_heads(y))
