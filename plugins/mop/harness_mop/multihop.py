@@ -50,8 +50,9 @@ class MultiHopAttention(nn.Module):
         # full-size gradient buffer per slice).
         w = torch.cat([self.qkv.weight[: 2 * D] * self.scale, self.qkv.weight[2 * D:]])
         u = F.linear(x, w).view(B, T, 6, self.heads, -1)          # (B, T, 6, H, Dh)
-        q, k, v1, v2 = (p.permute(2, 0, 3, 1, 4) for p in u.split([2, 2, 1, 1], dim=2))   # (2|1, B, H, T, Dh)
-        v1, v2 = v1.squeeze(0), v2.squeeze(0)                     # (B, H, T, Dh) each
+        q, k, v1, v2 = u.split([2, 2, 1, 1], dim=2)               # (B, T, 2|1, H, Dh)
+        q, k = q.permute(2, 0, 3, 1, 4), k.permute(2, 0, 3, 1, 4)  # (2, B, H, T, Dh) each
+        v1, v2 = v1.squeeze(2).transpose(1, 2), v2.squeeze(2).transpose(1, 2)   # (B, H, T, Dh) each
         s = q @ k.transpose(-1, -2)                               # (2, B, H, T, T): S1, S2, finite
         mask = score_mask(pad, self.causal, T, x.device)
         a1, a2 = masked_softmax(s, mask).unbind(0)                # (B, H, T, T) each: A1, A2
