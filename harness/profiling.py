@@ -162,6 +162,15 @@ def _proc_status_kb(field: str) -> int | None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
+def _glibc() -> Any:
+    """glibc's allocator entry points (mallopt, malloc_trim), or None elsewhere (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS at once.
 
@@ -177,13 +186,10 @@ def keep_freed_memory() -> bool:
     HARNESS_KEEP_FREED_MEMORY=0 turns it off. ``PeakMemory`` trims the heap on entry, so
     peak-memory deltas stay exact. Returns whether the setting took (False off glibc).
     """
-    if os.environ.get("HARNESS_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if os.environ.get("HARNESS_KEEP_FREED_MEMORY", "1") == "0" or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
 def current_rss_mb() -> float:
@@ -208,10 +214,9 @@ def _reset_rss_high_water() -> bool:
     would show no growth; without clear_refs the high-water mark covers the whole process life.
     """
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
