@@ -1,8 +1,9 @@
 """``harness bench``: forward (and backward) time, peak memory and FLOPs of mixers across lengths.
 
 Every mixer is timed at the same shape in the same process as the reference ``softmax`` mixer, and
-reported as a ratio to it (TARGETS.md quotes ratios, not absolute times: machines are noisy).
-Out-of-memory and other failures are recorded per (mixer, T) and the bench goes on.
+reported as a ratio to it (ratios, not absolute times, are what carries over between noisy
+machines). Out-of-memory and other failures are recorded per (mixer, T) and the bench goes on.
+The command itself is ``harness.cli.bench``; this module measures, tabulates, plots and logs.
 
 Module top stays light (click and stdlib): torch, pandas, matplotlib and mlflow load inside functions.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
-import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
+
+from harness.suite import parse_literal
 
 REFERENCE = "softmax"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -41,18 +41,6 @@ def parse_seq_lens(text: str) -> list[int]:
     return lens
 
 
-def parse_value(text: str) -> Any:
-    """A TOML/JSON literal (5, 0.1, true, "x", [1, 2]), else the bare string. Never evaluated as code."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        pass
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def parse_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
     """``["mop.edgewise.views=5"]`` -> ``{"mop.edgewise": {"views": 5}}``; the key is the text after
     the last dot, because mixer names contain dots."""
@@ -62,7 +50,7 @@ def parse_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any
         mixer, dot, key = path.strip().rpartition(".")
         if not sep or not dot or not mixer or not key:
             raise click.BadParameter(f"expected MIXER.KEY=VALUE, got {item!r}", param_hint="--option")
-        by_mixer.setdefault(mixer, {})[key] = parse_value(value.strip())
+        by_mixer.setdefault(mixer, {})[key] = parse_literal(value.strip())
     return by_mixer
 
 
@@ -195,64 +183,98 @@ def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int
     import pandas as pd
     import torch
 
-    from harness.profiling import as_device, flops_of, time_interleaved
-    from harness.registry import mixer as mixer_spec
+    from harness.devices import resolve_device
 
-    device = as_device(device)
-    dtype = getattr(torch, DTYPES.get(dtype, dtype)) if isinstance(dtype, str) else dtype
-    options_by_mixer = options_by_mixer or {}
-    lens = sorted(seq_lens)
-    rows = {(name, T): {"mixer": name, "T": T, "grid": "x".join(map(str, grid_for(T))),
-                        "options": json.dumps(options_by_mixer.get(name, {}), sort_keys=True)}
-            for name in mixers for T in lens}
-    oom_at: dict[str, int] = {}  # a longer sequence will not fit either: do not thrash the allocator
-    report = on_progress or (lambda description, done: None)
+    shape = _Shape(dim=dim, heads=heads, batch=batch, causal=causal, backward=backward,
+                   device=resolve_device(device),
+                   dtype=getattr(torch, DTYPES.get(dtype, dtype)) if isinstance(dtype, str) else dtype)
+    bench = _Bench(mixers, sorted(seq_lens), shape, options_by_mixer or {}, on_progress)
+    phases = [("fwd_ms", "forward")] + ([("fwd_bwd_ms", "forward_backward")] if backward else [])
+    for T in bench.lens:
+        cases = bench.build_cases(T)
+        for column, call in phases:
+            bench.time_phase(T, cases, column, call, warmup, reps, max_seconds)
+        cases.clear()
+        _free_memory(shape.device)
+        bench.report(f"T={T} done", len(mixers))
+    frame = pd.DataFrame(list(bench.rows.values())).reindex(columns=COLUMNS)
+    return add_ratios(frame, backward)
 
-    def fail(name: str, T: int, exc: BaseException) -> None:
+
+@dataclass
+class _Shape:
+    dim: int
+    heads: int
+    batch: int
+    causal: bool
+    backward: bool
+    device: Any
+    dtype: Any
+
+
+class _Bench:
+    """The rows of one bench, filled length by length: cases are built, then timed by phase."""
+
+    def __init__(self, mixers: list[str], lens: list[int], shape: _Shape, options: dict[str, dict[str, Any]],
+                 on_progress: Callable[[str, int], None] | None):
+        self.mixers, self.lens, self.shape, self.options = mixers, lens, shape, options
+        self.rows = {(name, T): {"mixer": name, "T": T, "grid": "x".join(map(str, grid_for(T))),
+                                 "options": json.dumps(options.get(name, {}), sort_keys=True)}
+                     for name in mixers for T in lens}
+        self.oom_at: dict[str, int] = {}  # a longer sequence will not fit either: do not thrash the allocator
+        self.report = on_progress or (lambda description, done: None)
+
+    def fail(self, name: str, T: int, exc: BaseException) -> None:
         oom = _is_oom(exc)
         if oom:
-            oom_at.setdefault(name, T)
-        rows[name, T].update(status="oom" if oom else "error", message=_one_line(exc))
+            self.oom_at.setdefault(name, T)
+        self.rows[name, T].update(status="oom" if oom else "error", message=_one_line(exc))
 
-    for T in lens:
+    def build_cases(self, T: int) -> dict[str, Case]:
+        """Every mixer that can run at T, built, with its FLOPs and peak memory recorded."""
+        from harness.profiling import flops_of
+        from harness.registry import mixer as mixer_spec
+
         cases: dict[str, Case] = {}
-        for name in mixers:
-            row = rows[name, T]
-            reason = skip_reason(mixer_spec(name), T, causal)
+        shape = self.shape
+        for name in self.mixers:
+            row = self.rows[name, T]
+            reason = skip_reason(mixer_spec(name), T, shape.causal)
             if reason:
                 row.update(status="skipped", message=reason)
-            elif name in oom_at:
-                row.update(status="oom", message=f"not run: out of memory at T={oom_at[name]}")
+                continue
+            if name in self.oom_at:
+                row.update(status="oom", message=f"not run: out of memory at T={self.oom_at[name]}")
+                continue
+            self.report(f"{name} T={T}: build, FLOPs, memory", 0)
+            try:
+                case = build_case(name, T, dim=shape.dim, heads=shape.heads, batch=shape.batch, causal=shape.causal,
+                                  device=shape.device, dtype=shape.dtype, options=self.options.get(name, {}))
+                row.update(flops=flops_of(case.forward), status="ok", message="",
+                           peak_mem_mb=case_peak_memory_mb(case, shape.device, shape.backward))
+                cases[name] = case
+            except Exception as exc:  # recorded, never fatal: the bench goes on
+                self.fail(name, T, exc)
+                _free_memory(shape.device)
+        return cases
+
+    def time_phase(self, T: int, cases: dict[str, Case], column: str, call: str, warmup: int, reps: int,
+                   max_seconds: float | None) -> None:
+        """Time ``call`` ("forward" or "forward_backward") of every case, interleaved."""
+        from harness.profiling import time_interleaved
+
+        self.report(f"T={T}: timing {column[:-3]} of {len(cases)} mixer(s)", 0)
+        for case in cases.values():
+            case.module.train(call == "forward_backward")
+        timed = time_interleaved({n: getattr(c, call) for n, c in cases.items()}, warmup, reps, self.shape.device,
+                                 max_seconds)
+        for name, stats in timed.items():
+            if isinstance(stats, Exception):
+                self.fail(name, T, stats)
+                del cases[name]
             else:
-                report(f"{name} T={T}: build, FLOPs, memory", 0)
-                try:
-                    case = build_case(name, T, dim=dim, heads=heads, batch=batch, causal=causal, device=device,
-                                      dtype=dtype, options=options_by_mixer.get(name, {}))
-                    row.update(flops=flops_of(case.forward), status="ok", message="",
-                               peak_mem_mb=case_peak_memory_mb(case, device, backward))
-                    cases[name] = case
-                except Exception as exc:  # recorded, never fatal: the bench goes on
-                    fail(name, T, exc)
-                    _free_memory(device)
-        phases = [("fwd_ms", "forward")] + ([("fwd_bwd_ms", "forward_backward")] if backward else [])
-        for column, call in phases:
-            report(f"T={T}: timing {column[:-3]} of {len(cases)} mixer(s)", 0)
-            for case in cases.values():
-                case.module.train(call == "forward_backward")
-            timed = time_interleaved({n: getattr(c, call) for n, c in cases.items()}, warmup, reps, device,
-                                     max_seconds)
-            for name, stats in timed.items():
-                if isinstance(stats, Exception):
-                    fail(name, T, stats)
-                    del cases[name]
-                else:
-                    rows[name, T].update({column: stats["median"], f"{column}_p20": stats["p20"],
-                                          f"{column}_p80": stats["p80"], f"{column[:-3]}_reps": stats["reps"]})
-        cases.clear()
-        _free_memory(device)
-        report(f"T={T} done", len(mixers))
-    frame = pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
-    return add_ratios(frame, backward)
+                self.rows[name, T].update({column: stats["median"], f"{column}_p20": stats["p20"],
+                                           f"{column}_p80": stats["p80"], f"{column[:-3]}_reps": stats["reps"]})
 
 
 def add_ratios(frame: Any, backward: bool) -> Any:
@@ -346,169 +368,20 @@ def results_table(frame: Any, backward: bool) -> Any:
     return table
 
 
-def device_label(device: Any) -> str:
-    import torch
+def log_to_mlflow(tracking_uri: str | None, params: dict[str, Any], frame: Any, files: list[Path],
+                  time_col: str) -> str:
+    """One run in experiment ``bench``: the settings as params, per-mixer times and ratios as
+    metrics stepped by T, the CSV and plot as artifacts. Returns the run id."""
+    from harness.tracking import RunWriter
+    from harness.tracking.schema import BENCH_EXPERIMENT, bench_metric
 
-    from harness.profiling import cpu_model
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({cpu_model()}, {os.cpu_count()} logical cores)"
-
-
-def log_to_mlflow(tracking_uri: str, params: dict[str, Any], frame: Any, files: list[Path], time_col: str) -> str:
-    from harness.tracking import connect
-
-    mlflow = connect(tracking_uri)
-    mlflow.set_experiment("bench")
-    with mlflow.start_run(run_name="bench") as run:
-        mlflow.log_params(params)
-        for r in frame[frame["status"] == "ok"].itertuples(index=False):
-            mlflow.log_metric(f"{r.mixer}.{time_col}", float(getattr(r, time_col)), step=int(r.T))
-            if r.ratio_vs_softmax == r.ratio_vs_softmax:
-                mlflow.log_metric(f"{r.mixer}.ratio_vs_softmax", float(r.ratio_vs_softmax), step=int(r.T))
-        for path in files:
-            mlflow.log_artifact(str(path))
-        return run.info.run_id
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-def _busy_warning(device: Any) -> str | None:
-    """CPU timings are only as good as the machine is idle: say so when something else runs."""
-    if device.type != "cpu":
-        return None
-    import psutil
-
-    busy = psutil.cpu_percent(interval=0.3)  # all cores, while this process sleeps
-    if busy < 25:
-        return None
-    return (f"the CPU is {busy:.0f}% busy with other processes: times (and less so ratios) will be noisy")
-
-
-def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-@click.command("bench")
-@click.option("--mixers", default="all", show_default=True, help="Comma-separated mixer names, or 'all'.")
-@click.option("--seq-lens", default="64,128,256,512", show_default=True, help="Comma-separated lengths T.")
-@click.option("--dim", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--causal/--no-causal", default=False, show_default=True)
-@click.option("--backward/--no-backward", default=True, show_default=True, help="Also time forward+backward.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
-@click.option("--reps", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-time", "max_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds of timed calls per mixer, length and phase; slow cases stop early (>= 3 reps).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads [default: the cores this process may use].")
-@click.option("--out", "out_dir", default="results/bench", show_default=True, type=click.Path(file_okay=False))
-@click.option("--mlflow/--no-mlflow", "use_mlflow", default=False, show_default=True)
-@click.option("--tracking-uri", default=None,
-              help="MLflow URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")
-@click.option("--option", "option_items", multiple=True, metavar="MIXER.KEY=VALUE",
-              help="Mixer option, e.g. mop.edgewise.views=5 (repeatable; values are TOML/JSON literals).")
-def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, causal: bool, backward: bool,
-                  device: str, dtype: str, warmup: int, reps: int, max_seconds: float, threads: int | None,
-                  out_dir: str, use_mlflow: bool, tracking_uri: str | None, option_items: tuple[str, ...]) -> None:
-    """Time every mixer across sequence lengths, relative to softmax at the same shape."""
-    from harness.registry import UnknownNameError
-
-    lens = parse_seq_lens(seq_lens)
-    options = parse_options(option_items)
-    try:
-        names = resolve_mixers(mixers)
-    except UnknownNameError as exc:
-        raise click.UsageError(str(exc)) from None
-    for name in options:
-        if name not in names:
-            raise click.UsageError(f"--option names mixer {name!r}, which is not benchmarked ({', '.join(names)})")
-    if dim % heads:
-        raise click.UsageError(f"--dim {dim} is not divisible by --heads {heads}")
-
-    import torch
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from harness.profiling import as_device, keep_freed_memory
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda was asked but torch sees no CUDA device")
-    dev = as_device(device)
-    if dtype != "fp32" and dev.type != "cuda":
-        raise click.UsageError(f"--dtype {dtype} is only supported on cuda; this run is on {dev.type} (use fp32)")
-    torch.set_num_threads(threads or _threads())
-    keep_freed_memory()
-
-    console = Console()
-    shape = f"B={batch} D={dim} H={heads} causal={causal} backward={backward}"
-    console.print(f"[bold]harness bench[/bold]  device={device_label(dev)}  dtype={dtype}  "
-                  f"torch={torch.__version__}  threads={torch.get_num_threads()}")
-    console.print(f"shape: {shape}  T={','.join(map(str, lens))}  "
-                  f"warmup={warmup} reps={reps} max-time={max_seconds:g}s")
-    busy = _busy_warning(dev)
-    if busy:
-        console.print(f"[yellow]{busy}[/yellow]")
-    if mixers.strip() != "all" and REFERENCE not in [n.strip() for n in mixers.split(",")]:
-        console.print(f"({REFERENCE} added as the reference for ratios)")
-
-    # Refresh only between cases: an auto-refresh thread would wake up during the timed calls and
-    # compete with torch's threads for the cores.
-    start = time.monotonic()
-    with Progress(console=console, transient=True, auto_refresh=False) as progress:
-        task = progress.add_task("benchmarking", total=len(names) * len(lens))
-
-        def on_progress(description: str, done: int) -> None:
-            progress.update(task, advance=done, description=description, refresh=True)
-            if done:  # a line per length too, for logs where the bar is not shown
-                progress.console.print(f"{description} ({time.monotonic() - start:.0f} s)", highlight=False)
-
-        frame = run_bench(names, lens, dim=dim, heads=heads, batch=batch, causal=causal, backward=backward,
-                          device=dev, dtype=DTYPES[dtype], warmup=warmup, reps=reps, options_by_mixer=options,
-                          max_seconds=max_seconds, on_progress=on_progress)
-
-    console.print(results_table(frame, backward))
-    for r in frame[frame["status"] != "ok"].itertuples(index=False):
-        console.print(f"  {r.mixer} T={r.T}: {r.status}: {r.message}", markup=False)
-    time_col = "fwd_bwd_ms" if backward else "fwd_ms"
-    spread = (frame[f"{time_col}_p80"] - frame[f"{time_col}_p20"]) / frame[time_col]
-    noisy = frame[spread > NOISY_SPREAD]
-    if len(noisy):
-        cases = ", ".join(f"{r.mixer} T={r.T}" for r in noisy.itertuples(index=False))
-        console.print(f"[yellow]noisy (p20..p80 wider than {NOISY_SPREAD:.0%} of the median): {cases}[/yellow]")
-
-    fit, last = loglog_slope(frame, REFERENCE, time_col)
-    if last is not None:
-        ok_t = frame[(frame["mixer"] == REFERENCE) & (frame["status"] == "ok")]["T"]
-        flops_fit, flops_last = loglog_slope(frame, REFERENCE, "flops")
-        # Attention FLOPs grow as T^2, the projections' as T; the former dominate only for T > 2 * dim,
-        # so the FLOPs slope is the honest yardstick for the time slope at these lengths.
-        console.print(f"{REFERENCE} {time_col} ~ T^{fit:.2f} (log-log fit, T={ok_t.min()}..{ok_t.max()}), "
-                      f"T^{last:.2f} between the two longest T; its FLOPs grow as T^{flops_fit:.2f} and "
-                      f"T^{flops_last:.2f} (T^2 once attention dominates, T >> 2*dim={2 * dim}).")
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out / "bench.csv", out / "bench.png"
-    frame.to_csv(csv_path, index=False)
-    write_plot(frame, time_col, png_path, f"{shape}, {dtype}, {dev.type}")
-    console.print(f"wrote {csv_path} and {png_path}")
-
-    if use_mlflow:
-        from harness.tracking import tracking_uri as resolve_uri
-
-        uri = resolve_uri(tracking_uri)
-        params = {"mixers": ",".join(names), "seq_lens": ",".join(map(str, lens)), "dim": dim, "heads": heads,
-                  "batch": batch, "causal": causal, "backward": backward, "device": device_label(dev),
-                  "dtype": dtype, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "warmup": warmup, "reps": reps, "max_time": max_seconds,
-                  "options": json.dumps(options, sort_keys=True)}
-        run_id = log_to_mlflow(uri, params, frame, [csv_path, png_path], time_col)
-        console.print(f"logged to MLflow run {run_id} (experiment 'bench', {uri})")
+    writer = RunWriter(tracking_uri)
+    run_id = writer.start(writer.experiment(BENCH_EXPERIMENT), "bench", {})
+    writer.params(run_id, params)
+    for r in frame[frame["status"] == "ok"].itertuples(index=False):
+        writer.metrics(run_id, {bench_metric(r.mixer, time_col): getattr(r, time_col),
+                                bench_metric(r.mixer, "ratio_vs_softmax"): r.ratio_vs_softmax}, step=int(r.T))
+    for path in files:
+        writer.artifact(run_id, path)
+    writer.end(run_id, "FINISHED")
+    return run_id

@@ -55,8 +55,9 @@ def suite_started(suite: Suite, runs: list[Run], output_dir: str) -> None:
 
 
 @hookspec
-def run_started(run: Run) -> None:
-    """Called before a run trains; trackers open their run here."""
+def run_started(run: Run) -> str | None:
+    """Called before a run trains; trackers open their run here and return its id (the runner
+    stores the first id returned as ``RunResult.run_id``), others return None."""
 
 
 @hookspec

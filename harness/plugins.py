@@ -18,13 +18,15 @@ import pluggy
 
 from harness import hookspecs
 
+# (plugin name, module): the core's own features, registered the way third parties register.
 DEFAULT_PLUGINS = (
-    "harness.default_plugins.mixers",
-    "harness.default_plugins.models",
-    "harness.default_plugins.tasks",
-    "harness.default_plugins.metrics",
-    "harness.default_plugins.reporting",
-    "harness.tracking",
+    ("harness.mixers", "harness.default_plugins.mixers"),
+    ("harness.models", "harness.default_plugins.models"),
+    ("harness.tasks", "harness.default_plugins.tasks"),
+    ("harness.metrics", "harness.default_plugins.metrics"),
+    ("harness.commands", "harness.default_plugins.commands"),
+    ("harness.reporting", "harness.default_plugins.reporting"),
+    ("harness.tracking", "harness.tracking.plugin"),
 )
 ENTRY_POINT_GROUP = "harness"
 
@@ -36,10 +38,6 @@ class PluginInfo:
     version: str
     default: bool
     error: str | None = None
-
-
-class PluginLoadError(RuntimeError):
-    pass
 
 
 _pm: pluggy.PluginManager | None = None
@@ -59,7 +57,8 @@ def _allowed() -> set[str] | None:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
-def _strict() -> bool:
+def strict() -> bool:
+    """``HARNESS_STRICT_PLUGINS=1``: a plugin's error is raised, not reported and skipped."""
     return os.environ.get("HARNESS_STRICT_PLUGINS", "") not in ("", "0", "false", "False")
 
 
@@ -92,12 +91,29 @@ def reset() -> None:
     registry.reset()
 
 
+def register(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object at run time (tests, notebooks); returns its name. Registries refill."""
+    from harness import registry
+
+    name = get_plugin_manager().register(plugin, name=name) or "temporary"
+    _infos.append(PluginInfo(name, repr(plugin), "", default=False))
+    registry.reset()
+    return name
+
+
+def unregister(plugin: object, name: str) -> None:
+    from harness import registry
+
+    get_plugin_manager().unregister(plugin)
+    _infos[:] = [i for i in _infos if i.name != name]
+    registry.reset()
+
+
 def _load() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     pm = pluggy.PluginManager("harness")
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
-    for module_name in DEFAULT_PLUGINS:
-        name = "harness." + module_name.rsplit(".", 1)[-1]
+    for name, module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=name)
         infos.append(PluginInfo(name, module_name, _core_version(), default=True))
 
@@ -115,7 +131,7 @@ def _load() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
             module = ep.load()
             pm.register(module, name=ep.name)
         except Exception as exc:  # a broken plugin must not take the harness down
-            if _strict():
+            if strict():
                 raise
             info.error = f"{type(exc).__name__}: {exc}"
             _report(info)

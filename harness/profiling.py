@@ -8,14 +8,15 @@ is 2 FLOPs, torch.utils.flop_counter's convention).
 """
 from __future__ import annotations
 
+import csv
 import ctypes
 import gc
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -25,25 +26,19 @@ from typing import Any, Callable
 
 import torch
 
+from harness.devices import cpu_model, resolve_device
 from harness.flops import flop_counter
 
 MB = 2**20
 
 
-def as_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> cuda when available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _is_cuda(device: str | torch.device | None) -> bool:
-    return as_device(device).type == "cuda" and torch.cuda.is_available()
+    return torch.cuda.is_available() and resolve_device(device).type == "cuda"
 
 
 def synchronize(device: str | torch.device | None) -> None:
     if _is_cuda(device):
-        torch.cuda.synchronize(as_device(device))
+        torch.cuda.synchronize(resolve_device(device))
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -238,7 +233,7 @@ class PeakMemory:
     """
 
     def __init__(self, device: str | torch.device | None = "cpu"):
-        self.device = as_device(device)
+        self.device = resolve_device(device)
         self.cuda = _is_cuda(self.device)
         self.start_mb = self.peak_mb = 0.0
         self.resettable = True
@@ -286,17 +281,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
 def measure_matmul_flops(size: int = 1024, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Best-of-``reps`` FLOP/s of a ``size`` x ``size`` matmul on the CPU with the current threads."""
     a = torch.randn(size, size, dtype=dtype)
@@ -328,22 +312,27 @@ def cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024) -> floa
 # Dense (no sparsity) datasheet peaks in TFLOP/s. "fp32" is the non-tensor-core rate (torch's
 # default float32 matmul precision "highest"); "tf32" applies when it is "high" or "medium".
 # More specific names come first: the first pattern found in the device name wins.
+_GPU_PEAKS_CSV = """\
+pattern,bf16,fp16,tf32,fp32
+GH200,989.4,989.4,494.7,66.9
+H200,989.4,989.4,494.7,66.9
+H100 PCIe,756.0,756.0,378.0,51.2
+H100 NVL,835.0,835.0,417.5,60.0
+H100,989.4,989.4,494.7,66.9
+B200,2250.0,2250.0,1100.0,80.0
+A100,312.0,312.0,156.0,19.5
+A10G,70.0,70.0,35.0,31.2
+A10,125.0,125.0,62.5,31.2
+L40S,362.0,362.0,183.0,91.6
+L4,121.0,121.0,60.0,30.3
+RTX 4090,165.2,165.2,82.6,82.6
+RTX 3090,71.0,71.0,35.6,35.6
+V100,,125.0,,15.7
+T4,,65.0,,8.1
+"""
 GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
-    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
-    ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0, "fp32": 80.0}),
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
-    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
-    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-    ("RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6}),
-    ("RTX 3090", {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6}),
-    ("V100", {"fp16": 125.0, "fp32": 15.7}),
-    ("T4", {"fp16": 65.0, "fp32": 8.1}),
+    (row["pattern"], {k: float(v) for k, v in row.items() if k != "pattern" and v})
+    for row in csv.DictReader(io.StringIO(_GPU_PEAKS_CSV))
 ]
 
 _DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -372,8 +361,8 @@ def device_peak_flops(device: str | torch.device | None,
                       dtype: torch.dtype = torch.float32) -> tuple[float | None, bool]:
     """``(peak FLOP/s, estimated)``: a measured (cached) matmul probe on CPU, the table on GPU."""
     if _is_cuda(device):
-        return gpu_peak_flops(torch.cuda.get_device_name(as_device(device)), dtype)
-    if as_device(device).type == "cuda":
+        return gpu_peak_flops(torch.cuda.get_device_name(resolve_device(device)), dtype)
+    if torch.device(device or "cpu").type == "cuda":
         return None, True  # asked for cuda on a machine without it
     return cpu_peak_flops(dtype), False
 

@@ -125,7 +125,7 @@ def _build() -> Registries:
             try:
                 impl.function(register=register)
             except Exception as exc:  # includes DuplicateNameError: the later plugin's spec is refused
-                if plugins._strict():
+                if plugins.strict():
                     raise
                 plugins.mark_broken(plugin, f"{hook_name}: {type(exc).__name__}: {exc}")
     return regs

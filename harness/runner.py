@@ -6,64 +6,18 @@ The output folder keeps ``runs.jsonl`` (one RunResult per line, the later line w
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.plan import Plan, build_task, plan_suite
 from harness.registry import metric_higher_is_better
+from harness.runlog import RunLog
 from harness.specs import Run, RunResult
 from harness.suite import Suite
-from harness.validate import Plan, build_task, check_suite
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-class RunLog:
-    """Append-only ``runs.jsonl``; each finished run is written the moment it ends, so an
-    interrupted suite loses nothing that finished."""
-
-    def __init__(self, out_dir: Path):
-        self.path = out_dir / "runs.jsonl"
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """config_hash -> the last finished record."""
-        done: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return done
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                # A line cut short by a crash; earlier and later runs still count.
-                continue
-            if rec.get("status") in ("finished", "skipped"):
-                done[rec["run"]["config_hash"]] = rec
-        return done
-
-    def append(self, result: RunResult) -> None:
-        line = json.dumps(_jsonable(asdict(result))) + "\n"
-        if self.path.exists() and self.path.stat().st_size:
-            with self.path.open("rb") as fh:
-                fh.seek(-1, 2)
-                if fh.read(1) != b"\n":  # a line cut short by a crash must not swallow this one
-                    line = "\n" + line
-        with self.path.open("a") as fh:
-            fh.write(line)
+from harness.tracking.schema import Artifact
 
 
 def _seed_everything(seed: int) -> None:
@@ -77,7 +31,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _error_reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """One line for a failed run or trial: out of memory, diverged, or the exception."""
     import torch
 
     from harness.train import DivergedError
@@ -93,15 +48,17 @@ def execute_run(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path = Path
     """Build, count, train and evaluate one run. Exceptions propagate to the caller."""
 
     from harness.budget import count_params, flops_per_token
+    from harness.devices import resolve_device
     from harness.profiling import PeakMemory
     from harness.registry import model as model_spec
-    from harness.train import TrainConfig, resolve_device, train
+    from harness.suite import TrainSection
+    from harness.train import train
 
     _seed_everything(run.seed)
     build = model_spec(run.model).load()
     model = build(task.meta, mixer=run.mixer, mixer_options=run.mixer_options, **plan.model_config)
     counts = count_params(model)
-    cfg = TrainConfig(**run.train)
+    cfg = TrainSection.model_validate(run.train)
     device = resolve_device(cfg.device)
     example = task.splits()["val"][0][:2]
     tokens = example.shape[0] * (model.grid[0] * model.grid[1] if hasattr(model, "grid") else example.shape[1])
@@ -156,62 +113,80 @@ def _profile(run: Run, model: Any, task: Any, cfg: Any, device: Any, efficiency:
     return paths
 
 
+def _check_variants(suite: Suite, variants: list[str] | None) -> None:
+    unknown = [v for v in variants or () if v not in suite.variants]
+    if unknown:
+        from harness.registry import suggest
+        from harness.suite import SuiteError
+
+        raise SuiteError([f"-v {u}: no such variant.{suggest(u, list(suite.variants))}" for u in unknown])
+
+
+def _write_suite_info(suite: Suite, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / Artifact.SUITE).write_text(json.dumps({
+        "name": suite.name, "metric": suite.suite.metric, "reference": suite.reference,
+        "higher_is_better": metric_higher_is_better(suite.suite.metric), "variants": list(suite.variants),
+        "config": suite.model_dump(),  # the resolved suite: extends and --set applied
+    }, indent=2, default=str))
+
+
+def _tracker_id(ids: list[Any]) -> str | None:
+    """The first id a ``run_started`` implementation returned (the tracker's run id)."""
+    return next((i for i in ids if i), None)
+
+
+class _SuiteProgress:
+    """One bar for the suite, one for the run that trains."""
+
+    def __init__(self, suite: Suite, total: int, console: Any):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console, transient=False)
+        self.overall = self.bars.add_task(f"suite {suite.name}", total=total)
+
+
 def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any = None) -> list[RunResult]:
     """Run every (variant, seed); returns results in plan order. KeyboardInterrupt marks the
     current run killed, reports what finished, and re-raises."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.plugins import get_plugin_manager
 
     console = console or Console()
     hook = get_plugin_manager().hook
-    if variants:
-        unknown = [v for v in variants if v not in suite.variants]
-        if unknown:
-            from harness.registry import suggest
-            from harness.suite import SuiteError
-
-            raise SuiteError([f"-v {u}: no such variant.{suggest(u, list(suite.variants))}" for u in unknown])
-    plans = check_suite(suite)
+    _check_variants(suite, variants)
+    plans = plan_suite(suite)
     task = build_task(suite)
     runs = suite.runs(variants)
     out_dir = suite.output_dir
     log = RunLog(out_dir)
-    (out_dir / "suite.json").write_text(json.dumps({
-        "name": suite.name, "metric": suite.suite.metric, "reference": suite.reference,
-        "higher_is_better": metric_higher_is_better(suite.suite.metric), "variants": list(suite.variants),
-        "config": suite.model_dump(),  # the resolved suite: extends and --set applied
-    }, indent=2, default=str))
+    _write_suite_info(suite, out_dir)
     done = log.finished()
     hook.suite_started(suite=suite, runs=runs, output_dir=str(out_dir))
     results: list[RunResult] = []
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=False)
-    current: Run | None = None
+    progress = _SuiteProgress(suite, len(runs), console)
+    current: tuple[Run, str | None] | None = None
     try:
-        with progress:
-            overall = progress.add_task(f"suite {suite.name}", total=len(runs))
+        with progress.bars:
             for run in runs:
-                current = run
                 if run.config_hash in done:
-                    prev = done[run.config_hash]
-                    result = RunResult(run, "skipped", metrics=prev.get("metrics", {}),
-                                       efficiency=prev.get("efficiency", {}), history=prev.get("history", []),
-                                       run_id=prev.get("run_id"))
-                    console.print(f"[dim]skip {run.key}: finished before with the same config[/dim]")
+                    result = _reuse(run, done[run.config_hash], console)
                     hook.run_finished(run=run, result=result)
                 else:
+                    current = (run, _tracker_id(hook.run_started(run=run)))
                     result = _run_one(run, plans[run.variant], task, hook, progress, console, out_dir)
-                    hook.run_finished(run=run, result=result)  # first: the tracker sets result.run_id
+                    result.run_id = current[1]
+                    hook.run_finished(run=run, result=result)
                     log.append(result)
+                    current = None
                 results.append(result)
-                progress.advance(overall)
-                current = None
+                progress.bars.advance(progress.overall)
     except KeyboardInterrupt:
         if current is not None:
-            killed = RunResult(current, "killed", error="interrupted by the user (Ctrl-C)")
-            hook.run_finished(run=current, result=killed)
+            killed = RunResult(current[0], "killed", error="interrupted by the user (Ctrl-C)", run_id=current[1])
+            hook.run_finished(run=current[0], result=killed)
             log.append(killed)
             results.append(killed)
         hook.suite_finished(suite=suite, results=results, output_dir=str(out_dir))
@@ -220,28 +195,35 @@ def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any =
     return results
 
 
-def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: Any, console: Any, out_dir: Path) -> RunResult:
-    hook.run_started(run=run)
-    bar = progress.add_task(f"  {run.key}", total=run.train["steps"])
+def _reuse(run: Run, prev: RunResult, console: Any) -> RunResult:
+    console.print(f"[dim]skip {run.key}: finished before with the same config[/dim]")
+    return RunResult(run, "skipped", metrics=prev.metrics, efficiency=prev.efficiency, history=prev.history,
+                     run_id=prev.run_id)
+
+
+def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: _SuiteProgress, console: Any,
+             out_dir: Path) -> RunResult:
+    bars = progress.bars
+    bar = bars.add_task(f"  {run.key}", total=run.train["steps"])
 
     class _Hook:  # forwards metrics and advances this run's bar
         def metrics_logged(self, run: Run, metrics: dict[str, float], step: int) -> None:
-            progress.update(bar, completed=step)
+            bars.update(bar, completed=step)
             hook.metrics_logged(run=run, metrics=metrics, step=step)
 
     start = time.perf_counter()
     try:
         result = execute_run(run, plan, task, _Hook(), out_dir)
     except KeyboardInterrupt:
-        progress.remove_task(bar)
+        bars.remove_task(bar)
         raise
     except Exception as exc:
-        reason = _error_reason(exc)
+        reason = error_reason(exc)
         console.print(f"[red]run {run.key} failed: {reason}[/red]")
         if "HARNESS_DEBUG" in os.environ:  # full traceback on request
             console.print(traceback.format_exc())
         result = RunResult(run, "failed", error=reason)
-    progress.remove_task(bar)
+    bars.remove_task(bar)
     if result.status == "finished":
         console.print(f"{run.key}: {run.metric} = {result.metrics.get(run.metric, float('nan')):.4f} "
                       f"({time.perf_counter() - start:.0f} s)")

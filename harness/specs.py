@@ -19,17 +19,28 @@ def load_target(target: str | Callable[..., Any]) -> Callable[..., Any]:
     return obj
 
 
+# The model config keys the budget matcher can search (``[budget] knob``).
+BUDGET_KNOBS = ("dim", "mlp_ratio", "depth")
+
+
 @dataclass(frozen=True)
-class _Spec:
-    name: str
-    target: str | Callable[..., Any]
+class _Loadable:
+    """A lazily imported ``target`` (declared by each subclass, positionally), attributed to the
+    plugin that registered it."""
+
     description: str = field(default="", kw_only=True)
     # Filled in by the registry from the plugin that registered the spec.
     plugin: str = field(default="", kw_only=True, compare=False)
     plugin_version: str = field(default="", kw_only=True, compare=False)
 
     def load(self) -> Callable[..., Any]:
-        return load_target(self.target)
+        return load_target(self.target)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Spec(_Loadable):
+    name: str
+    target: str | Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -67,18 +78,19 @@ class MixerSpec(_Spec):
 class ModelSpec(_Spec):
     """A backbone: ``target(meta: TaskMeta, *, mixer, mixer_options, **config)`` -> nn.Module.
 
-    ``inputs`` lists the task input kinds it accepts; ``knobs`` the config keys the budget
-    matcher may search.
+    ``inputs`` lists the task input kinds it accepts; ``knobs`` the config keys (among
+    ``BUDGET_KNOBS``) the budget matcher may search, checked when a suite is planned.
     """
 
     inputs: tuple[str, ...] = field(default=("tokens",), kw_only=True)
-    knobs: tuple[str, ...] = field(default=("dim", "mlp_ratio", "depth"), kw_only=True)
+    knobs: tuple[str, ...] = field(default=BUDGET_KNOBS, kw_only=True)
 
 
 @dataclass(frozen=True)
 class TaskSpec(_Spec):
-    """A task: ``target(**options)`` -> an object with ``meta`` (TaskMeta), ``loaders()``,
-    ``loss()`` and ``evaluate()`` (see harness.tasks.base.Task)."""
+    """A task: ``target(**options)`` -> an object with ``meta`` (TaskMeta), ``splits()``,
+    ``batches(split, batch_size, seed)``, ``loss(model, batch)`` and ``evaluate(model, batches,
+    device, autocast)`` (see harness.tasks.base.ClassificationTask); optionally ``check_data()``."""
 
     metrics: tuple[str, ...] = field(default=(), kw_only=True)
     causal: bool = field(default=False, kw_only=True)
@@ -93,18 +105,12 @@ class MetricSpec(_Spec):
 
 
 @dataclass(frozen=True)
-class ComponentSpec:
+class ComponentSpec(_Loadable):
     """A plugin-defined component of a plugin-defined kind, e.g. kind "maw.router"."""
 
     kind: str
     name: str
     target: str | Callable[..., Any]
-    description: str = field(default="", kw_only=True)
-    plugin: str = field(default="", kw_only=True, compare=False)
-    plugin_version: str = field(default="", kw_only=True, compare=False)
-
-    def load(self) -> Callable[..., Any]:
-        return load_target(self.target)
 
 
 @dataclass(frozen=True)

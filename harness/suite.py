@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.specs import Run
+from harness.specs import BUDGET_KNOBS, Run
 
 
 class SuiteError(ValueError):
@@ -43,7 +43,7 @@ class BudgetSection(_Strict):
     params: int | None = Field(default=None, gt=0)
     non_embedding_params: int | None = Field(default=None, gt=0)
     tolerance: float = Field(default=0.02, ge=0, lt=1)
-    knob: Literal["dim", "mlp_ratio", "depth"] = "dim"
+    knob: Literal[BUDGET_KNOBS] = "dim"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _one_target(self) -> "BudgetSection":
@@ -61,6 +61,8 @@ class BudgetSection(_Strict):
 
 
 class TrainSection(_Strict):
+    """The training configuration: the suite's ``[train]`` table and what ``harness.train`` runs."""
+
     steps: int = Field(default=1000, gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=3e-3, gt=0)
@@ -70,7 +72,7 @@ class TrainSection(_Strict):
     eval_every: int = Field(default=250, gt=0)
     log_every: int = Field(default=50, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    amp: bool = True                   # bf16 autocast on CUDA
 
 
 class VariantSection(_Strict):
@@ -181,27 +183,45 @@ def read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(read_toml(path.parent / base, (*_seen, path)), data)
 
 
+def parse_literal(text: str) -> Any:
+    """A TOML (or JSON) literal: 5, 0.1, true, "x", [1, 2]; anything else is the bare string, so
+    ``mixer=softmax`` needs no quotes. Never evaluated as code."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise SuiteError([f"--set {item!r}: expected dotted.key=value, e.g. train.steps=100"])
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # an unquoted string such as mixer=softmax
-    return key.strip().split("."), value
+    return key.strip().split("."), parse_literal(raw)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_values(data: dict[str, Any], values: dict[str, Any], *, source: str | None = None) -> dict[str, Any]:
+    """A copy of ``data`` with each ``{"dotted.key": value}`` set, creating tables on the way;
+    ``source`` names where the values came from in an error (default: the key)."""
     data = copy.deepcopy(data)
-    for item in overrides:
-        path, value = parse_override(item)
+    for key, value in values.items():
+        path = key.split(".")
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SuiteError([f"--set {item!r}: {part} is not a table"])
-        node[path[-1]] = value
+                raise SuiteError([f"{source or key}: {part} is not a table"])
+        node[path[-1]] = copy.deepcopy(value)
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        data = apply_values(data, {".".join(path): value}, source=f"--set {item!r}")
     return data
 
 
@@ -226,7 +246,9 @@ def parse_suite(data: dict[str, Any]) -> Suite:
         raise SuiteError(problems) from None
 
 
-def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
-    """Read, merge, override and type-check a suite (names and budgets: see harness.validate)."""
-    data = apply_overrides(read_toml(Path(path)), overrides or [])
-    return parse_suite(data)
+def load_suite(path: str | Path, overrides: list[str] | None = None, *,
+               values: dict[str, Any] | None = None) -> Suite:
+    """Read, merge and type-check a suite (names and budgets: see harness.plan). ``values`` (dotted
+    keys, typed values, e.g. tuned params) apply first, then the ``--set`` strings in ``overrides``."""
+    data = apply_values(read_toml(Path(path)), values or {})
+    return parse_suite(apply_overrides(data, overrides or []))

@@ -229,15 +229,10 @@ def temporary_plugin(plugin: object, name: str | None = None) -> Iterator[None]:
         with temporary_plugin(MyTestPlugin):
             check_mixer("my_test_mixer")
     """
-    from harness import plugins, registry
+    from harness import plugins
 
-    pm = plugins.get_plugin_manager()
-    name = pm.register(plugin, name=name)
-    plugins._infos.append(plugins.PluginInfo(name or "temporary", repr(plugin), "", default=False))
-    registry.reset()
+    registered = plugins.register(plugin, name)
     try:
         yield
     finally:
-        pm.unregister(plugin)
-        plugins._infos[:] = [i for i in plugins._infos if i.name != name]
-        registry.reset()
+        plugins.unregister(plugin, registered)

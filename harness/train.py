@@ -15,29 +15,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from harness.devices import resolve_device
 from harness.nn.aux import collect_aux, mean_stats_by_name
-
+from harness.suite import TrainSection
 
 WARMUP_STEPS = 3
+ADAM_BETAS = (0.9, 0.999)
 
 
 class DivergedError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 3e-3
-    warmup: float = 0.1            # fraction of steps
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0         # 0 disables
-    eval_every: int = 250
-    log_every: int = 50
-    device: str = "auto"           # auto | cpu | cuda
-    amp: bool = True               # bf16 autocast on CUDA
 
 
 @dataclass
@@ -47,14 +34,6 @@ class TrainOutcome:
     samples_per_s: float = 0.0
     train_time_s: float = 0.0
     loop_overhead: float = 0.0                        # share of a training iteration outside the model step
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def autocast_for(device: torch.device, amp: bool) -> Callable[[], Any]:
@@ -88,15 +67,47 @@ def _to(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Te
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
-def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
-          on_metrics: Callable[[dict[str, float], int], None] | None = None,
-          on_step: Callable[[int], None] | None = None,
-          profiler: Any | None = None) -> TrainOutcome:
+class _Timer:
+    """Model-step time and whole-iteration time over the measured steps (after warm-up)."""
+
+    def __init__(self) -> None:
+        self.step_time = self.loop_time = 0.0
+        self.samples = 0
+
+    def add(self, step: int, t_iter: float, t0: float, t1: float, samples: int) -> None:
+        if step > WARMUP_STEPS:  # the first steps pay for allocator and kernel warm-up
+            self.step_time += t1 - t0
+            self.loop_time += time.perf_counter() - t_iter
+            self.samples += samples
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.step_time if self.step_time > 0 else 0.0
+
+    @property
+    def overhead(self) -> float:
+        return (self.loop_time - self.step_time) / self.loop_time if self.loop_time > 0 else 0.0
+
+
+def _train_metrics(loss_sum: torch.Tensor, n: int, step: int, lr: float, aux_losses: dict[str, torch.Tensor],
+                   stats: Any) -> dict[str, float]:
+    """The logged training figures; the one ``.item()`` sync of a logging step."""
+    mean_loss = (loss_sum / n).item()
+    if not math.isfinite(mean_loss):
+        raise DivergedError(f"training loss became {mean_loss} by step {step}")
+    metrics = {"train/loss": mean_loss, "train/lr": lr}
+    metrics.update({f"train/aux/{k}": v.item() for k, v in aux_losses.items()})
+    metrics.update({f"train/stat/{k}": v.item() for k, v in mean_stats_by_name(stats).items()})
+    return metrics
+
+
+def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
+          on_metrics: Callable[[dict[str, float], int], None] | None = None) -> TrainOutcome:
     """Train ``model`` on ``task``; ``on_metrics(metrics, step)`` receives every logged dict."""
     device = resolve_device(cfg.device)
     model.to(device)
     autocast = autocast_for(device, cfg.amp)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=ADAM_BETAS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup))
     batches = iter(task.batches("train", cfg.batch_size, seed=seed))
     history: list[dict[str, float]] = []
@@ -114,8 +125,7 @@ def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
         return {f"{split}/{k}": v for k, v in out.items()}
 
     model.train()
-    step_time = loop_time = 0.0   # over measured steps: model step only / the whole iteration
-    samples = 0
+    timer = _Timer()
     loss_sum = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
@@ -125,9 +135,8 @@ def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
         with autocast():
             loss = task.loss(model, batch)
         aux_losses, stats = collect_aux(model)
-        objective = loss + sum(aux_losses.values()) if aux_losses else loss
         opt.zero_grad(set_to_none=True)
-        objective.backward()
+        (loss + sum(aux_losses.values()) if aux_losses else loss).backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -136,29 +145,15 @@ def train(model: nn.Module, task: Any, cfg: TrainConfig, *, seed: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
-        if profiler is not None:
-            profiler.step()
-        if on_step is not None:
-            on_step(step)
         if step % cfg.log_every == 0 or step == cfg.steps:
             n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            mean_loss = (loss_sum / n).item()
+            log(_train_metrics(loss_sum, n, step, sched.get_last_lr()[0], aux_losses, stats), step)
             loss_sum.zero_()
-            if not math.isfinite(mean_loss):
-                raise DivergedError(f"training loss became {mean_loss} by step {step}")
-            metrics = {"train/loss": mean_loss, "train/lr": sched.get_last_lr()[0]}
-            metrics.update({f"train/aux/{k}": v.item() for k, v in aux_losses.items()})
-            metrics.update({f"train/stat/{k}": v.item() for k, v in mean_stats_by_name(stats).items()})
-            log(metrics, step)
-        if step > WARMUP_STEPS:  # the first steps pay for allocator and kernel warm-up
-            step_time += t1 - t0
-            loop_time += time.perf_counter() - t_iter
-            samples += len(batch[0])
+        timer.add(step, t_iter, t0, t1, len(batch[0]))
         if step % cfg.eval_every == 0 and step != cfg.steps:
             log(evaluate("val"), step)  # validation is work, not loop overhead: outside loop_time
     wall = time.perf_counter() - start
     final = {**evaluate("val"), **evaluate("test")}
     log(final, cfg.steps)
-    return TrainOutcome(metrics=final, history=history,
-                        samples_per_s=samples / step_time if step_time > 0 else 0.0, train_time_s=wall,
-                        loop_overhead=(loop_time - step_time) / loop_time if loop_time > 0 else 0.0)
+    return TrainOutcome(metrics=final, history=history, samples_per_s=timer.samples_per_s, train_time_s=wall,
+                        loop_overhead=timer.overhead)

@@ -7,6 +7,8 @@ import torch
 from click.testing import CliRunner
 
 from harness import bench
+from harness.cli.bench import bench_command
+from harness.suite import parse_literal
 from harness.nn.softmax import SoftmaxAttention
 from harness.specs import MixerSpec
 
@@ -90,7 +92,7 @@ def test_parse_options_and_values():
                                   "softmax.bias=true", 'x.y.z="quoted"', "a.l=[1, 2]"])
     assert parsed == {"mop.edgewise": {"views": 5, "gate_init": "mix5"}, "softmax": {"dropout": 0.1, "bias": True},
                       "x.y": {"z": "quoted"}, "a": {"l": [1, 2]}}
-    assert bench.parse_value("__import__('os')") == "__import__('os')"  # a string, never evaluated
+    assert parse_literal("__import__('os')") == "__import__('os')"  # a string, never evaluated
     with pytest.raises(click.BadParameter):
         bench.parse_options(["noequals"])
 
@@ -103,7 +105,7 @@ def test_parse_seq_lens():
 
 
 def test_cli_writes_csv_and_plot(tmp_path):
-    result = CliRunner().invoke(bench.bench_command,
+    result = CliRunner().invoke(bench_command,
                                 ["--mixers", "softmax", "--seq-lens", "16,36", "--out", str(tmp_path), *CLI_TINY])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "bench.csv").read_text().startswith("mixer,T,status")
@@ -112,7 +114,7 @@ def test_cli_writes_csv_and_plot(tmp_path):
 
 
 def test_cli_unknown_mixer_suggests_without_traceback(tmp_path):
-    result = CliRunner().invoke(bench.bench_command, ["--mixers", "sofmax", "--out", str(tmp_path)])
+    result = CliRunner().invoke(bench_command, ["--mixers", "sofmax", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "Unknown mixer 'sofmax'. Did you mean: softmax?" in result.output
     assert "Traceback" not in result.output
@@ -125,14 +127,14 @@ def test_cli_unknown_mixer_suggests_without_traceback(tmp_path):
     (["--dim", "10", "--heads", "4"], "not divisible"),
 ])
 def test_cli_bad_input_is_a_usage_error(tmp_path, args, message):
-    result = CliRunner().invoke(bench.bench_command, ["--mixers", "softmax", "--out", str(tmp_path), *args])
+    result = CliRunner().invoke(bench_command, ["--mixers", "softmax", "--out", str(tmp_path), *args])
     assert result.exit_code == 2 and message in result.output
     assert isinstance(result.exception, SystemExit)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_cli_half_precision_needs_cuda(tmp_path):
-    result = CliRunner().invoke(bench.bench_command, ["--mixers", "softmax", "--dtype", "bf16", "--device", "cpu",
+    result = CliRunner().invoke(bench_command, ["--mixers", "softmax", "--dtype", "bf16", "--device", "cpu",
                                                       "--out", str(tmp_path)])
     assert result.exit_code == 2 and "only supported on cuda" in result.output
 
@@ -140,7 +142,7 @@ def test_cli_half_precision_needs_cuda(tmp_path):
 def test_cli_logs_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default artifact root is relative to the working directory
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = CliRunner().invoke(bench.bench_command, ["--mixers", "softmax", "--seq-lens", "16", "--mlflow",
+    result = CliRunner().invoke(bench_command, ["--mixers", "softmax", "--seq-lens", "16", "--mlflow",
                                                       "--tracking-uri", uri, *CLI_TINY])
     assert result.exit_code == 0, result.output
     from mlflow.tracking import MlflowClient

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import profiling
+from harness.devices import resolve_device
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -168,7 +169,7 @@ def test_cuda_paths_skip_cleanly_on_cpu():
     assert profiling.gpu_system_metrics_available() is False
     assert profiling.device_peak_flops("cuda") == (None, True)
     profiling.synchronize("cuda")  # a no-op, not an error
-    assert profiling.as_device("auto").type == "cpu"
+    assert resolve_device("auto").type == "cpu"
 
 
 @cuda_only

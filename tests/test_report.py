@@ -9,6 +9,8 @@ import warnings
 import pytest
 
 from harness import report
+from harness.cli.report import report_command
+from harness.report.plots import history_keys
 from harness.specs import Run, RunResult
 
 pd = pytest.importorskip("pandas")
@@ -149,10 +151,42 @@ def test_unknown_reference_is_a_clear_error():
         report.summarize(report.results_frame(make_results()), METRIC, True, "nope")
 
 
-def test_direction_guess():
-    assert report.infer_higher_is_better("test/accuracy")
-    for name in ("val/loss", "test/perplexity", "test/bpc", "test/wer", "test/cer"):
-        assert not report.infer_higher_is_better(name)
+def test_direction_flag_then_recorded_for_suite_metric_then_registry(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.report.sources import metric_direction
+
+    # the flag wins; what was recorded counts only for the suite's metric; else the registry
+    assert metric_direction(METRIC, False, suite_metric=METRIC, recorded=True) is False
+    assert metric_direction(METRIC, None, suite_metric=METRIC, recorded=False) is False
+    assert metric_direction("test/loss", None, suite_metric=METRIC, recorded=True) is False
+    assert metric_direction("val/accuracy", None, suite_metric=METRIC, recorded=False) is True
+    assert metric_direction("test/f1", None, suite_metric="test/f1", recorded=False) is False
+    with pytest.raises(report.ReportError, match="'test/f1'.*--higher-is-better or --lower-is-better"):
+        metric_direction("test/f1", None, suite_metric=METRIC, recorded=True)
+
+    results = make_results()
+    for r in results:
+        if r.status == "finished":
+            r.metrics["test/f1"] = r.metrics["test/loss"]
+    write_jsonl(tmp_path / "runs.jsonl", results)
+    (tmp_path / "suite.json").write_text(json.dumps(
+        {"name": "demo", "metric": METRIC, "reference": "softmax", "higher_is_better": False}))
+    runner = CliRunner()
+
+    def best(*args):
+        res = runner.invoke(report_command, [str(tmp_path), *args], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        summary = pd.read_csv(tmp_path / "summary.csv")
+        return summary.loc[summary["best"], "variant"].tolist()
+
+    assert best() == ["softmax"]                            # recorded: lower accuracy is better
+    assert best("--higher-is-better") == ["mop"]
+    assert best("--metric", "test/loss") == ["mop"]         # registry: loss goes down
+    assert best("--metric", "test/f1", "--higher-is-better") == ["softmax"]
+    res = runner.invoke(report_command, [str(tmp_path), "--metric", "test/f1"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "--higher-is-better or --lower-is-better" in res.output and len(res.output.strip().splitlines()) == 1
 
 
 # -- console and files -----------------------------------------------------------------------
@@ -182,7 +216,7 @@ def test_write_reports_creates_all_files(tmp_path):
         assert path.is_file() and path.stat().st_size > 0
     assert written["learning_curves.png"].read_bytes()[:4] == b"\x89PNG"
     # one subplot per curve: the suite's validation metric first, then train/loss
-    assert report._history_keys(make_results(), METRIC) == ["val/accuracy", "train/loss"]
+    assert history_keys(make_results(), METRIC) == ["val/accuracy", "train/loss"]
     md = written["results.md"].read_text()
     for variant in ACC:
         assert f"| {variant}" in md
@@ -323,13 +357,13 @@ def test_load_results_mlflow_round_trip_and_cli(tmp_path, monkeypatch):
         report.load_results_mlflow("nope", tracking_uri=uri)
 
     runner = CliRunner()
-    res = runner.invoke(report.report_command, ["demo", "--tracking-uri", uri])
+    res = runner.invoke(report_command, ["demo", "--tracking-uri", uri])
     assert res.exit_code == 0, res.output
     assert "softmax" in res.output and "ref" in res.output
     assert "warning: 1 planned run(s) have no child run" in res.output
     assert (tmp_path / "results" / "demo" / "results.md").is_file()
 
-    res = runner.invoke(report.report_command, ["nope", "--tracking-uri", uri])
+    res = runner.invoke(report_command, ["nope", "--tracking-uri", uri])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "no MLflow experiment 'nope'" in res.output and "demo" in res.output
 
@@ -343,7 +377,7 @@ def test_report_command_on_dir(tmp_path):
     (tmp_path / "suite.json").write_text(json.dumps(
         {"name": "demo", "metric": METRIC, "reference": "softmax", "higher_is_better": True}))
     runner = CliRunner()
-    res = runner.invoke(report.report_command, [str(tmp_path)], terminal_width=200)
+    res = runner.invoke(report_command, [str(tmp_path)], terminal_width=200)
     assert res.exit_code == 0, res.output
     for variant in ACC:
         assert variant in res.output
@@ -352,16 +386,16 @@ def test_report_command_on_dir(tmp_path):
         assert (tmp_path / name).is_file(), name
 
     out = tmp_path / "elsewhere"
-    res = runner.invoke(report.report_command, [str(tmp_path), "--metric", "test/loss",
+    res = runner.invoke(report_command, [str(tmp_path), "--metric", "test/loss",
                                                 "--reference", "mop", "--out", str(out)])
     assert res.exit_code == 0, res.output
     summary = pd.read_csv(out / "summary.csv")
     assert summary["variant"].iloc[0] == "mop"
     assert summary.loc[summary["best"], "variant"].tolist() == ["mop"]     # lowest loss wins
 
-    res = runner.invoke(report.report_command, [str(tmp_path), "--reference", "nope"])
+    res = runner.invoke(report_command, [str(tmp_path), "--reference", "nope"])
     assert res.exit_code == 1 and "unknown reference variant 'nope'" in res.output
-    res = runner.invoke(report.report_command, [str(tmp_path), "--metric", "test/f1"])
+    res = runner.invoke(report_command, [str(tmp_path), "--metric", "test/f1"])
     assert res.exit_code == 1 and "no finished run has metric 'test/f1'" in res.output
 
 
@@ -373,11 +407,11 @@ def test_report_command_unknown_target(tmp_path, monkeypatch):
     (tmp_path / "results" / "demo").mkdir(parents=True)
     write_jsonl(tmp_path / "results" / "demo" / "runs.jsonl", make_results()[:1])
     runner = CliRunner()
-    res = runner.invoke(report.report_command, ["nope"])
+    res = runner.invoke(report_command, ["nope"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "no MLflow store" in res.output and "results/demo" in res.output
     assert not (tmp_path / "mlruns").exists()        # no empty store created as a side effect
-    res = runner.invoke(report.report_command, [str(tmp_path / "results")])
+    res = runner.invoke(report_command, [str(tmp_path / "results")])
     assert res.exit_code == 1 and "has no runs.jsonl" in res.output and "results/demo" in res.output
 
 

@@ -8,7 +8,7 @@ import pytest
 from harness import MixerSpec, TaskSpec, hookimpl
 from harness.suite import SuiteError, load_suite
 from harness.testing import temporary_plugin
-from harness.validate import check_suite
+from harness.plan import plan_suite
 
 SMOKE = "suites/smoke.toml"
 
@@ -44,7 +44,7 @@ def validate_cli(path, *extra):
 
 def test_smoke_suite_is_valid():
     suite = load_suite(SMOKE)
-    plans = check_suite(suite)
+    plans = plan_suite(suite)
     assert set(plans) == {"softmax", "softmax_narrow_mlp"}
     assert all(abs(p.gap) <= 0.02 for p in plans.values())
     assert len(suite.runs()) == 4
@@ -123,7 +123,7 @@ def test_capability_mismatch_is_reported():
 
     suite = parse_suite(tomllib.loads(suite_text))
     with temporary_plugin(CausalTask, name="causal"), pytest.raises(SuiteError) as err:
-        check_suite(suite)
+        plan_suite(suite)
     assert err.value.problems == ["variants.softmax.mixer: 'bidirectional_only' is not causal (causal_ok=False) but "
                                   "task 'tiny_causal' is causal; pick a causal mixer"]
 
@@ -142,16 +142,16 @@ def test_shipped_suites_validate(name, tmp_path):
     suite = load_suite(f"suites/{name}", [f"task.data_root='{tmp_path}'"] if name.startswith("cifar") else [])
     if name.startswith("cifar"):
         with pytest.raises(SuiteError) as err:  # no data here: exactly one problem, the data, with the fix
-            check_suite(suite)
+            plan_suite(suite)
         assert len(err.value.problems) == 1 and "task.download = true" in err.value.problems[0]
-        plans = check_suite(suite, check_data=False)
+        plans = plan_suite(suite, check_data=False)
     else:
-        plans = check_suite(suite)
+        plans = plan_suite(suite)
     assert set(plans) == set(suite.variants)
     assert all(abs(p.gap) <= suite.budget.tolerance for p in plans.values())
 
 
 def test_variant_train_overrides_are_type_checked():
     with pytest.raises(SuiteError) as err:
-        check_suite(load_suite(SMOKE, ["variants.softmax.train.warmup=2"]))
+        plan_suite(load_suite(SMOKE, ["variants.softmax.train.warmup=2"]))
     assert err.value.problems == ["variants.softmax.train.warmup: Input should be less than or equal to 1"]

@@ -14,10 +14,9 @@ from optuna.trial import TrialState
 from harness import MixerSpec, hookimpl, tracking
 from harness.cli import cli
 from harness.nn.softmax import SoftmaxAttention
-from harness.suite import SuiteError, load_suite, parse_override
+from harness.suite import SuiteError, load_suite
 from harness.testing import temporary_plugin
-from harness.tune import (TuneError, _toml, best_overrides, check_space, open_storage, param_overrides,
-                          parse_space, space_for)
+from harness.tune import TuneError, best_values, check_space, open_storage, parse_space, space_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "suites" / "smoke.toml")
@@ -83,9 +82,9 @@ def test_tune_one_variant_journal_mlflow_and_best(in_tmp):
     best = json.loads((in_tmp / "results" / "smoke" / "best_params.json").read_text())["variants"]["softmax"]
     assert best["best_trial"] == study.best_trial.number and best["metric"] == "val/accuracy"
 
-    overrides = best_overrides(load_suite(SMOKE, FAST), str(journal), ["softmax"])
-    assert overrides == [f"variants.softmax.train.lr={study.best_params['train.lr']!r}"]
-    tuned = load_suite(SMOKE, FAST + overrides)
+    values = best_values(load_suite(SMOKE, FAST), str(journal), ["softmax"])
+    assert values == {"variants.softmax.train.lr": study.best_params["train.lr"]}
+    tuned = load_suite(SMOKE, FAST, values=values)
     assert tuned.variants["softmax"].train["lr"] == study.best_params["train.lr"]
 
 
@@ -188,7 +187,7 @@ def test_best_without_a_study_is_a_clear_error(in_tmp):
     assert f"no study 'smoke.softmax_narrow_mlp' in {journal}" in out.output
     assert f"harness tune {SMOKE} -v softmax_narrow_mlp --storage {journal}" in out.output
     with pytest.raises(TuneError, match="no study 'smoke.softmax_narrow_mlp'"):
-        best_overrides(load_suite(SMOKE), str(journal), ["softmax_narrow_mlp"])
+        best_values(load_suite(SMOKE), str(journal), ["softmax_narrow_mlp"])
 
 
 def test_storage_urls(in_tmp):
@@ -198,12 +197,24 @@ def test_storage_urls(in_tmp):
     assert type(open_storage(f"sqlite:///{in_tmp}/a.db")).__name__ == "RDBStorage"
 
 
-def test_overrides_round_trip_through_set():
+def test_best_values_are_the_best_trials_typed_params(in_tmp):
+    journal = in_tmp / "best.journal"
     params = {"train.lr": 1.2345e-05, "model.depth": 3, "options.flag": True, "options.preset": "mix 5"}
-    items = param_overrides("v", params)
-    assert items[0] == "variants.v.train.lr=1.2345e-05"
-    assert [parse_override(item)[1] for item in items] == list(params.values())
-    assert _toml(float("inf")) == "inf"
+    dists = {"train.lr": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+             "model.depth": optuna.distributions.IntDistribution(1, 4),
+             "options.flag": optuna.distributions.CategoricalDistribution([True, False]),
+             "options.preset": optuna.distributions.CategoricalDistribution(["mix 5", "plain"])}
+    study = optuna.create_study(study_name="smoke.softmax", storage=open_storage(str(journal)), direction="maximize")
+    worse = {**params, "train.lr": 1e-3, "model.depth": 1, "options.flag": False, "options.preset": "plain"}
+    study.add_trial(optuna.trial.create_trial(params=worse, distributions=dists, value=0.5))
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.9))
+    values = best_values(load_suite(SMOKE, FAST), str(journal), ["softmax"])
+    assert values == {f"variants.softmax.{k}": v for k, v in params.items()}
+    assert [type(v) for v in values.values()] == [float, int, bool, str]
+    tuned = load_suite(SMOKE, [*FAST, "variants.softmax.model.depth=2"], values=values)  # an explicit --set wins
+    variant = tuned.variants["softmax"]
+    assert variant.train["lr"] == 1.2345e-05 and variant.model["depth"] == 2
+    assert variant.options == {**variant.options, "flag": True, "preset": "mix 5"}
 
 
 class SpacedMixers:

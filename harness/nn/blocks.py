@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,6 +62,25 @@ class Block(nn.Module):
     def forward_cached(self, x: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
         x = x + self.mixer.forward_cached(self.norm1(x), cache)
         return x + self.mlp(self.norm2(x))
+
+
+@dataclass
+class BackboneConfig:
+    """The keys every core backbone shares; each backbone's config adds its own."""
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+def block_stack(cfg: BackboneConfig, ctx: SeqContext, mixer: str,
+                mixer_options: dict[str, Any] | None = None) -> nn.ModuleList:
+    """``cfg.depth`` blocks, each with its own mixer built from the registry."""
+    return nn.ModuleList(
+        Block(cfg.dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, ctx=ctx, mixer=mixer, mixer_options=mixer_options)
+        for _ in range(cfg.depth)
+    )
 
 
 def init_backbone(model: nn.Module) -> None:

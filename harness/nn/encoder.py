@@ -11,18 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.nn.blocks import Block, init_backbone
+from harness.nn.blocks import BackboneConfig, block_stack, init_backbone
 from harness.nn.context import SeqContext
 from harness.nn.masks import masked_mean
 from harness.specs import TaskMeta
 
 
 @dataclass
-class EncoderConfig:
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
+class EncoderConfig(BackboneConfig):
     pooling: str = "cls"   # "cls" | "mean"
 
     def __post_init__(self) -> None:
@@ -42,10 +38,7 @@ class Encoder(nn.Module):
         self.pos_embed = nn.Embedding(n, cfg.dim)
         self.seg_embed = nn.Embedding(2, cfg.dim) if meta.input == "token_pairs" else None
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
-        self.blocks = nn.ModuleList(
-            Block(cfg.dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, ctx=ctx, mixer=mixer, mixer_options=mixer_options)
-            for _ in range(cfg.depth)
-        )
+        self.blocks = block_stack(cfg, ctx, mixer, mixer_options)
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, meta.num_classes, bias=False)
         init_backbone(self)

@@ -8,17 +8,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.nn.blocks import Block, init_backbone
+from harness.nn.blocks import BackboneConfig, block_stack, init_backbone
 from harness.nn.context import SeqContext
 from harness.specs import TaskMeta
 
 
 @dataclass
-class LMConfig:
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
+class LMConfig(BackboneConfig):
+    """The shared backbone keys; the lm adds none."""
 
 
 class LM(nn.Module):
@@ -30,10 +27,7 @@ class LM(nn.Module):
         ctx = SeqContext(max_len=meta.max_len, causal=True)
         self.tok_embed = nn.Embedding(meta.vocab_size, cfg.dim)
         self.pos_embed = nn.Embedding(meta.max_len, cfg.dim)
-        self.blocks = nn.ModuleList(
-            Block(cfg.dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, ctx=ctx, mixer=mixer, mixer_options=mixer_options)
-            for _ in range(cfg.depth)
-        )
+        self.blocks = block_stack(cfg, ctx, mixer, mixer_options)
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, meta.vocab_size, bias=False)
         init_backbone(self)

@@ -12,17 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.nn.blocks import Block, init_backbone
+from harness.nn.blocks import BackboneConfig, block_stack, init_backbone
 from harness.nn.context import SeqContext
 from harness.specs import TaskMeta
 
 
 @dataclass
-class ViTConfig:
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
+class ViTConfig(BackboneConfig):
     patch: int = 4
 
 
@@ -40,10 +36,7 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(meta.channels, cfg.dim, cfg.patch, cfg.patch, bias=False)
         self.pos_embed = nn.Parameter(torch.zeros(1, n, cfg.dim))
         self.pos_embed._harness_embedding = True  # excluded from non-embedding counts
-        self.blocks = nn.ModuleList(
-            Block(cfg.dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, ctx=ctx, mixer=mixer, mixer_options=mixer_options)
-            for _ in range(cfg.depth)
-        )
+        self.blocks = block_stack(cfg, ctx, mixer, mixer_options)
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, meta.num_classes, bias=False)
         init_backbone(self)
