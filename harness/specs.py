@@ -50,7 +50,8 @@ class MixerSpec(_Spec):
     Capabilities are promises that ``harness.testing.check_mixer`` verifies:
     ``causal_ok`` (no output depends on a later token when ``ctx.causal``), ``padding_ok`` (real
     outputs ignore padded positions), ``needs_grid`` (wants ``ctx.grid``), ``fixed_len`` (only works
-    at ``T == ctx.max_len``), ``kv_cache`` (implements ``forward_cached`` for ``lm.generate``).
+    at ``T == ctx.max_len``), ``kv_cache`` (implements ``forward_cached`` for ``lm.generate``),
+    ``surrogate_gradients`` (a backward that is not its forward's derivative: exempt from gradcheck).
     """
 
     causal_ok: bool = field(default=True, kw_only=True)
@@ -58,6 +59,9 @@ class MixerSpec(_Spec):
     needs_grid: bool = field(default=False, kw_only=True)
     fixed_len: bool = field(default=False, kw_only=True)
     kv_cache: bool = field(default=False, kw_only=True)
+    # Its backward is not the derivative of its forward (straight-through estimators, sampled
+    # routing): check_mixer replaces gradcheck by the finite / non-zero / reach checks.
+    surrogate_gradients: bool = field(default=False, kw_only=True)
     complexity: str = field(default="T^2", kw_only=True)
     defaults: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
     # Optuna space over options: {"rank": {"low": 2, "high": 8}, "preset": {"choices": [...]}}
@@ -70,6 +74,7 @@ class MixerSpec(_Spec):
             "needs_grid": self.needs_grid,
             "fixed_len": self.fixed_len,
             "kv_cache": self.kv_cache,
+            "surrogate_gradients": self.surrogate_gradients,
             "complexity": self.complexity,
         }
 

@@ -1,15 +1,39 @@
 """Public contract checks for plugin authors.
 
-``check_mixer("my.mixer", **options)`` builds a registered mixer at a tiny size and verifies the
-mixer contract: construction on the meta device (the budget matcher counts there), output shape,
-finite outputs and gradients, a non-zero gradient for every
-parameter, no causal leak (when ``causal_ok``), no padding leak (when ``padding_ok``), token mixing,
-determinism, and KV-cache decoding equal to a causal forward (when ``kv_cache``). A failure raises ``AssertionError`` naming the property and the measured deviation.
+``check_mixer("my.mixer", **options)`` builds a registered mixer at tiny sizes, in float64, and
+verifies the mixer contract. A failure raises ``AssertionError`` naming each broken property and
+its measured deviation; on success it returns the figures. ``contract_report`` returns every
+property's measurement, threshold and verdict instead of raising (``harness check`` prints it).
+
+Properties (names usable in ``checks=``):
+
+- ``meta``: construction on the meta device, with the same parameter count (the budget matcher
+  counts there);
+- ``shape``, ``finite``: output shape and finite outputs, at every length;
+- ``gradients``: finite gradients, and a non-zero gradient for every parameter (routers included);
+- ``gradcheck``: ``torch.autograd.gradcheck`` with respect to the input and every parameter (a wrong
+  custom backward, scores from ``x.detach()``); skipped for mixers that declare
+  ``surrogate_gradients`` (straight-through or sampled routing), which get the other gradient checks;
+- ``reach``: the input gradient of one output reaches every position that output may read;
+- ``mixing``: perturbing one token changes another token's output;
+- ``determinism``: two builds with the same seed give the same outputs;
+- ``batch``: perturbing one sample leaves the others' outputs exactly unchanged;
+- ``causal`` (when ``causal_ok``): perturbing tokens after every cut point leaves the outputs up
+  to it unchanged, at every length;
+- ``padding`` (when ``padding_ok``): perturbing padded positions leaves real outputs unchanged;
+- ``truncation`` (when ``padding_ok`` and not ``fixed_len``): the real outputs of a padded sequence
+  equal the outputs of the sequence cut to its real tokens (left and right padding; grid mixers:
+  whole trailing rows);
+- ``kv_cache`` (when ``kv_cache``): decoding in chunks equals one causal forward.
+
+Lengths: 16 (a 4x4 grid), 12 (3x4, not a square) and 40 (5x8, longer than 32), so a fast path that
+only kicks in at some lengths is exercised; a ``fixed_len`` mixer is checked at its one length.
 Call it from a plugin's tests; the core's own tests run it over every registered mixer.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -20,204 +44,407 @@ from harness.nn.blocks import build_mixer
 from harness.nn.context import SeqContext
 from harness.registry import mixer as mixer_spec
 
-# Leak checks run in float64, where an exact mask leaves differences of 0 and a real leak of
-# even exp(-30) is still visible.
-LEAK_ATOL = 1e-9
+# What a failure message calls each property.
+TITLES = {"meta": "meta construction", "shape": "output shape", "finite": "finite outputs",
+          "gradients": "parameter gradients", "gradcheck": "gradient check", "reach": "gradient reach",
+          "mixing": "token mixing", "determinism": "determinism", "batch": "batch independence",
+          "causal": "causal leak", "padding": "padding leak", "truncation": "padding truncation",
+          "kv_cache": "kv cache"}
+PROPERTIES = ("meta", "shape", "finite", "gradients", "gradcheck", "reach", "mixing", "determinism", "batch",
+              "causal", "padding", "truncation", "kv_cache")
+GRIDS = ((4, 4), (3, 4), (5, 8))     # T = 16, 12, 40
+GRADCHECK_GRID = (2, 3)              # T = 6: gradcheck perturbs every input and parameter
+# Leaks are measured relative to the output scale, in float64. An exact mask leaves 0; an additive
+# -30 "mask" leaks about 1e-11 of the output, and float64 rounding is about 1e-16.
+LEAK_RTOL = 1e-12
+TRUNCATION_RTOL = 1e-10               # the same arithmetic on a shorter tensor: rounding only
 MIX_ATOL = 1e-7
+PERTURBATION = 10.0                   # large, so that a leak through a near-mask is amplified
 
 
-def _build(name: str, ctx: SeqContext, dim: int, heads: int, seed: int, options: dict[str, Any]) -> nn.Module:
-    torch.manual_seed(seed)
-    module = build_mixer(name, dim, heads=heads, ctx=ctx, **options).double()
-    module.eval()  # dropout off: the checks compare deterministic forwards
-    return module
+@dataclass
+class PropertyCheck:
+    """One property of the contract: its measured figure, the threshold and the verdict."""
+
+    name: str
+    measured: float
+    threshold: str
+    passed: bool
+    detail: str = ""
+    title: str = ""                   # what the failure message calls it; the property's title by default
+
+    def __post_init__(self) -> None:
+        self.title = self.title or TITLES.get(self.name, self.name)
 
 
-def _fail(prop: str, detail: str) -> AssertionError:
-    return AssertionError(f"{prop}: {detail}")
+@dataclass
+class ContractReport:
+    mixer: str
+    options: dict[str, Any]
+    results: list[PropertyCheck] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[PropertyCheck]:
+        return [r for r in self.results if not r.passed]
+
+    def record(self, name: str, measured: float, threshold: str, passed: bool, detail: str = "",
+               title: str = "") -> None:
+        self.results.append(PropertyCheck(name, float(measured), threshold, bool(passed), detail, title))
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise AssertionError("; ".join(f"{r.title}: {r.detail}" for r in self.failures))
+
+
+def check_mixer(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2, seed: int = 0,
+                checks: tuple[str, ...] | None = None, max_len: int = 16, **options: Any) -> dict[str, float]:
+    """Check the contract of mixer ``name`` built with ``options``; raise AssertionError listing
+    every broken property, else return the figures (max deviations, smallest gradient, ...).
+
+    ``checks`` restricts the properties (see the module docstring); by default every property that
+    applies to the mixer's capabilities is checked. ``max_len`` is the length of a ``fixed_len`` mixer."""
+    report = contract_report(name, dim=dim, heads=heads, batch=batch, seed=seed, checks=checks, max_len=max_len,
+                             **options)
+    report.raise_if_failed()
+    return report.figures
+
+
+def _grids(spec: Any, max_len: int) -> tuple[tuple[int, int], ...]:
+    if not spec.fixed_len:
+        return GRIDS
+    h = max(d for d in range(1, int(max_len ** 0.5) + 1) if max_len % d == 0)
+    return ((h, max_len // h),)
+
+
+def contract_report(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2, seed: int = 0,
+                    checks: tuple[str, ...] | None = None, max_len: int = 16, **options: Any) -> ContractReport:
+    """Measure every property that applies; never raises for a broken property (a mixer that
+    crashes is recorded as failing the property that crashed)."""
+    spec = mixer_spec(name)
+    wanted = set(checks or PROPERTIES)
+    unknown = wanted - set(PROPERTIES)
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(sorted(unknown))}; properties: {', '.join(PROPERTIES)}")
+    applies = {"causal": spec.causal_ok, "kv_cache": spec.kv_cache and spec.causal_ok, "padding": spec.padding_ok,
+               "truncation": spec.padding_ok and not spec.fixed_len, "gradcheck": not spec.surrogate_gradients,
+               "batch": batch > 1}
+    wanted = {p for p in wanted if applies.get(p, True)}
+    report = ContractReport(name, dict(options))
+    checker = _Checker(name, dim, heads, batch, seed, options, report)
+    for prop in PROPERTIES:
+        if prop not in wanted:
+            continue
+        try:
+            getattr(checker, f"check_{prop}")(_grids(spec, max_len), spec)
+        except _Failed as failed:
+            report.record(prop, failed.measured, failed.threshold, False, failed.detail, failed.title)
+        except Exception as exc:  # the mixer crashed while this property was measured
+            report.record(prop, float("nan"), "-", False, f"raised {type(exc).__name__}: {exc}")
+    return report
+
+
+class _Failed(Exception):
+    def __init__(self, measured: float, threshold: str, detail: str, title: str = ""):
+        super().__init__(detail)
+        self.measured, self.threshold, self.detail, self.title = measured, threshold, detail, title
 
 
 def _max_dev(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item() if a.numel() else 0.0
 
 
-def check_mixer(name: str, *, dim: int = 32, heads: int = 4, grid: tuple[int, int] = (4, 4), batch: int = 2,
-                seed: int = 0, checks: tuple[str, ...] | None = None, **options: Any) -> dict[str, float]:
-    """Check the mixer contract for mixer ``name`` built with ``options``.
-
-    Returns the measured figures (max deviations, smallest gradient, parameter count) for reporting. ``checks``
-    restricts the properties checked (names: meta, shape, finite, gradients, causal, padding, mixing,
-    determinism, kv_cache); by default every property that applies to the mixer's capabilities is checked.
-    """
-    spec = mixer_spec(name)
-    t = grid[0] * grid[1]
-    # Every context carries the grid: it costs 1D mixers nothing and grid mixers need it.
-    bidir = SeqContext(max_len=t, causal=False, grid=grid)
-    wanted = set(checks or ("meta", "shape", "finite", "gradients", "causal", "padding", "mixing", "determinism",
-                            "kv_cache"))
-    figures: dict[str, float] = {}
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, t, dim, generator=gen, dtype=torch.float64)
-
-    module = _build(name, bidir, dim, heads, seed, options)
-    if "meta" in wanted:
-        figures["params"] = _check_meta(name, bidir, dim, heads, options, module)
-    y = module(x)
-    collect_aux(module)
-    if "shape" in wanted and tuple(y.shape) != tuple(x.shape):
-        raise _fail("output shape", f"expected {tuple(x.shape)}, got {tuple(y.shape)}")
-    if "finite" in wanted and not torch.isfinite(y).all():
-        raise _fail("finite outputs", f"{(~torch.isfinite(y)).sum().item()} non-finite values")
-
-    if "gradients" in wanted:
-        figures["min_grad"] = _check_gradients(module, x, gen)
-    if "mixing" in wanted:
-        figures["mixing"] = _check_mixing(module, x, causal=False)
-    if "determinism" in wanted:
-        again = _build(name, bidir, dim, heads, seed, options)(x)
-        dev = _max_dev(y, again)
-        figures["determinism"] = dev
-        if dev > 0:
-            raise _fail("determinism", f"two builds with seed {seed} differ by {dev:.3e}")
-    if "padding" in wanted and spec.padding_ok:
-        figures["padding_leak"] = _check_padding(module, x, gen)
-    if "causal" in wanted and spec.causal_ok:
-        causal = _build(name, SeqContext(max_len=t, causal=True, grid=grid), dim, heads, seed, options)
-        figures["causal_leak"] = _check_causal(causal, x, gen)
-        figures["causal_mixing"] = _check_mixing(causal, x, causal=True)
-        if "gradients" in wanted:
-            _check_gradients(causal, x, gen)
-        if "padding" in wanted and spec.padding_ok:
-            _check_padding(causal, x, gen)
-        if "kv_cache" in wanted and spec.kv_cache:
-            figures["kv_cache"] = _check_kv_cache(causal, x)
-    return figures
+def _rel_dev(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> float:
+    return _max_dev(a, b) / max(scale.abs().max().item() if scale.numel() else 0.0, 1e-300)
 
 
-def _check_meta(name: str, ctx: SeqContext, dim: int, heads: int, options: dict[str, Any], real: nn.Module) -> int:
-    """The budget matcher counts parameters on the meta device: construction must work there and
-    give the same count as a real build."""
-    try:
-        with torch.device("meta"):
-            meta = build_mixer(name, dim, heads=heads, ctx=ctx, **options)
-    except Exception as exc:
-        raise _fail("meta construction", f"building under torch.device('meta') raised {type(exc).__name__}: "
-                    f"{exc}; the budget matcher needs it (avoid .tolist()/.item() on parameters in __init__)") from None
-    n_meta = sum(p.numel() for p in meta.parameters())
-    n_real = sum(p.numel() for p in real.parameters())
-    if n_meta != n_real:
-        raise _fail("meta construction", f"{n_meta} parameters on meta vs {n_real} on CPU")
-    return n_real
-
-
-@torch.no_grad()
-def _check_kv_cache(module: nn.Module, x: torch.Tensor) -> float:
-    """Decoding in chunks through ``forward_cached`` must equal one causal forward."""
-    full = module(x)
-    cache: dict[str, torch.Tensor] = {}
-    t = x.shape[1]
-    cuts = [0, t // 2, t // 2 + 1, t]
-    steps = [module.forward_cached(x[:, a:b], cache) for a, b in zip(cuts, cuts[1:])]
-    collect_aux(module)
-    dev = _max_dev(full, torch.cat(steps, 1))
-    if dev > 1e-9:
-        raise _fail("kv cache", f"forward_cached differs from forward by {dev:.3e}")
-    return dev
-
-
-def _check_gradients(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> float:
-    module.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    y = module(x)
-    losses, _ = collect_aux(module)
-    # Random weights so that no parameter's gradient cancels by symmetry of a plain sum.
-    weight = torch.randn(y.shape, generator=gen, dtype=y.dtype)
-    objective = (y * weight).sum() + sum(losses.values(), torch.zeros((), dtype=y.dtype))
-    objective.backward()
-    if x.grad is None or not torch.isfinite(x.grad).all():
-        raise _fail("finite gradients", "the input gradient is missing or non-finite")
-    smallest = float("inf")
-    for pname, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.grad is None:
-            raise _fail("parameter gradients", f"parameter {pname!r} gets no gradient (grad is None)")
-        if not torch.isfinite(p.grad).all():
-            raise _fail("finite gradients", f"parameter {pname!r} has a non-finite gradient")
-        norm = p.grad.abs().max().item()
-        if norm == 0.0:
-            raise _fail("parameter gradients", f"parameter {pname!r} gets an all-zero gradient (max |grad| = 0)")
-        smallest = min(smallest, norm)
-    module.zero_grad(set_to_none=True)
-    return smallest
-
-
-def _perturbed(x: torch.Tensor, where: Callable[[torch.Tensor], torch.Tensor], gen: torch.Generator) -> torch.Tensor:
-    x2 = x.clone()
-    noise = torch.randn(x.shape, generator=gen, dtype=x.dtype) * 3.0
-    sel = where(x2)
-    x2[sel] = x2[sel] + noise[sel]
-    return x2
-
-
-@torch.no_grad()
-def _check_mixing(module: nn.Module, x: torch.Tensor, causal: bool) -> float:
-    t = x.shape[1]
-    j = 0 if causal else t // 2  # a causal mixer can only carry token 0 forward
-    y = module(x)
-    x2 = x.clone()
-    x2[:, j] += torch.linspace(1.0, 2.0, x.shape[-1], dtype=x.dtype)
-    y2 = module(x2)
-    collect_aux(module)
-    others = [i for i in range(t) if i != j]
-    dev = _max_dev(y[:, others], y2[:, others])
-    if dev <= MIX_ATOL:
-        kind = "causal " if causal else ""
-        raise _fail("token mixing", f"{kind}perturbing token {j} changed no other token's output "
-                    f"(max change {dev:.3e}); the mixer does not mix tokens")
-    return dev
-
-
-@torch.no_grad()
-def _check_causal(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> float:
-    t = x.shape[1]
-    y = module(x)
-    worst = 0.0
-    for cut in (0, t // 3, t // 2, t - 2):
-        x2 = _perturbed(x, lambda z, c=cut: _positions(z, slice(c + 1, None)), gen)
-        y2 = module(x2)
-        dev = _max_dev(y[:, : cut + 1], y2[:, : cut + 1])
-        worst = max(worst, dev)
-        if dev > LEAK_ATOL:
-            raise _fail("causal leak", f"changing tokens after position {cut} changed outputs at positions "
-                        f"<= {cut} by {dev:.3e}; the mixer sees the future")
-    collect_aux(module)
-    return worst
-
-
-@torch.no_grad()
-def _check_padding(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> float:
-    b, t, _ = x.shape
-    pad = torch.ones(b, t, dtype=torch.bool)
-    pad[0, t - t // 4:] = False           # right padding on sample 0
-    if b > 1:
-        pad[1, : t // 4] = False          # left padding on sample 1
-    y = module(x, pad)
-    if not torch.isfinite(y[pad]).all():
-        raise _fail("finite outputs", "non-finite outputs at real positions under padding")
-    x2 = _perturbed(x, lambda z: ~pad, gen)
-    y2 = module(x2, pad)
-    collect_aux(module)
-    dev = _max_dev(y[pad], y2[pad])
-    if dev > LEAK_ATOL:
-        raise _fail("padding leak", f"changing padded positions changed real outputs by {dev:.3e}")
-    return dev
+def _perturbed(x: torch.Tensor, sel: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``x`` with large noise added where ``sel`` (broadcast to x's shape) is True."""
+    noise = torch.randn(x.shape, generator=gen, dtype=x.dtype) * PERTURBATION
+    return torch.where(sel.expand_as(x), x + noise, x)
 
 
 def _positions(x: torch.Tensor, sl: slice) -> torch.Tensor:
-    sel = torch.zeros(x.shape, dtype=torch.bool)
+    sel = torch.zeros(x.shape[:2] + (1,), dtype=torch.bool)
     sel[:, sl] = True
     return sel
+
+
+class _Checker:
+    """Builds the mixer at each length and measures one property per ``check_<property>`` method."""
+
+    def __init__(self, name: str, dim: int, heads: int, batch: int, seed: int, options: dict[str, Any],
+                 report: ContractReport):
+        self.name, self.dim, self.heads, self.batch, self.seed, self.options = name, dim, heads, batch, seed, options
+        self.report = report
+        self.gen = torch.Generator().manual_seed(seed + 1)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def build(self, grid: tuple[int, int], causal: bool = False) -> nn.Module:
+        torch.manual_seed(self.seed)
+        ctx = SeqContext(max_len=grid[0] * grid[1], causal=causal, grid=grid)
+        module = build_mixer(self.name, self.dim, heads=self.heads, ctx=ctx, **self.options).double()
+        module.eval()  # dropout off: the checks compare deterministic forwards
+        return module
+
+    def input(self, grid: tuple[int, int], batch: int | None = None) -> torch.Tensor:
+        return torch.randn(batch or self.batch, grid[0] * grid[1], self.dim, generator=self.gen, dtype=torch.float64)
+
+    def run(self, module: nn.Module, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            y = module(x, pad)
+        collect_aux(module)  # reported aux values must not pile up across calls
+        return y
+
+    def modules(self, grids: tuple[tuple[int, int], ...], spec: Any) -> Iterator[tuple[str, tuple[int, int], nn.Module]]:
+        """(label, grid, module) for every length, bidirectional and (when causal_ok) causal."""
+        for grid in grids:
+            yield f"T={grid[0] * grid[1]}", grid, self.build(grid)
+            if spec.causal_ok:
+                yield f"causal T={grid[0] * grid[1]}", grid, self.build(grid, causal=True)
+
+    # -- properties -------------------------------------------------------------------------
+
+    def check_meta(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        grid = grids[0]
+        ctx = SeqContext(max_len=grid[0] * grid[1], causal=False, grid=grid)
+        try:
+            with torch.device("meta"):
+                meta = build_mixer(self.name, self.dim, heads=self.heads, ctx=ctx, **self.options)
+        except Exception as exc:
+            raise _Failed(float("nan"), "builds", f"building under torch.device('meta') raised {type(exc).__name__}: "
+                          f"{exc}; the budget matcher needs it (avoid .tolist()/.item() on parameters in __init__)")
+        n_meta = sum(p.numel() for p in meta.parameters())
+        n_real = sum(p.numel() for p in self.build(grid).parameters())
+        self.report.figures["params"] = n_real
+        if n_meta != n_real:
+            raise _Failed(abs(n_meta - n_real), "== 0", f"{n_meta} parameters on meta vs {n_real} on CPU")
+        self.report.record("meta", 0, "== 0", True, f"{n_real} parameters")
+
+    def check_shape(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        for label, grid, module in self.modules(grids, spec):
+            x = self.input(grid)
+            y = self.run(module, x)
+            if tuple(y.shape) != tuple(x.shape):
+                raise _Failed(1, "same shape", f"{label}: expected {tuple(x.shape)}, got {tuple(y.shape)}")
+        self.report.record("shape", 0, "same shape", True, f"lengths {', '.join(str(h * w) for h, w in grids)}")
+
+    def check_finite(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        for label, grid, module in self.modules(grids, spec):
+            y = self.run(module, self.input(grid))
+            bad = (~torch.isfinite(y)).sum().item()
+            if bad:
+                raise _Failed(bad, "== 0", f"{label}: {bad} non-finite output values")
+        self.report.record("finite", 0, "== 0", True)
+
+    def check_gradients(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        smallest = float("inf")
+        for label, grid, module in self.modules(grids[:1], spec):
+            smallest = min(smallest, self._gradients(label, module, self.input(grid)))
+        self.report.figures["min_grad"] = smallest
+        self.report.record("gradients", smallest, "> 0 per parameter", True)
+
+    def _gradients(self, label: str, module: nn.Module, x: torch.Tensor) -> float:
+        module.zero_grad(set_to_none=True)
+        x = x.clone().requires_grad_(True)
+        y = module(x)
+        losses, _ = collect_aux(module)
+        # Random weights so that no parameter's gradient cancels by symmetry of a plain sum.
+        weight = torch.randn(y.shape, generator=self.gen, dtype=y.dtype)
+        ((y * weight).sum() + sum(losses.values(), torch.zeros((), dtype=y.dtype))).backward()
+        if x.grad is None or not torch.isfinite(x.grad).all():
+            raise _Failed(float("nan"), "finite", f"{label}: the input gradient is missing or non-finite",
+                          "finite gradients")
+        smallest = float("inf")
+        for pname, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.grad is None:
+                raise _Failed(0, "> 0", f"{label}: parameter {pname!r} gets no gradient (grad is None)")
+            if not torch.isfinite(p.grad).all():
+                raise _Failed(float("nan"), "finite", f"{label}: parameter {pname!r} has a non-finite gradient",
+                              "finite gradients")
+            norm = p.grad.abs().max().item()
+            if norm == 0.0:
+                raise _Failed(0, "> 0", f"{label}: parameter {pname!r} gets an all-zero gradient (max |grad| = 0)")
+            smallest = min(smallest, norm)
+        module.zero_grad(set_to_none=True)
+        return smallest
+
+    def check_gradcheck(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        grid = grids[0] if spec.fixed_len else GRADCHECK_GRID
+        for label, _, module in self.modules((grid,), spec):
+            names = [n for n, p in module.named_parameters() if p.requires_grad]
+            params = tuple(p.detach().clone().requires_grad_(True) for n, p in module.named_parameters() if p.requires_grad)
+            x = self.input(grid, batch=1).requires_grad_(True)
+
+            def forward(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+                y = torch.func.functional_call(module, dict(zip(names, values)), (x,))
+                collect_aux(module)
+                return y
+
+            try:
+                torch.autograd.gradcheck(forward, (x, *params), fast_mode=True, raise_exception=True)
+            except RuntimeError as exc:
+                first = " ".join(str(exc).split())[:300]
+                raise _Failed(1, "analytical == numerical", f"{label}: the backward disagrees with finite differences "
+                              f"(torch.autograd.gradcheck, float64): {first}")
+        self.report.record("gradcheck", 0, "analytical == numerical", True, f"T={grid[0] * grid[1]}, input and "
+                           f"every parameter")
+
+    def check_reach(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        weakest = float("inf")
+        for label, grid, module in self.modules(grids[:1], spec):
+            t = grid[0] * grid[1]
+            causal = label.startswith("causal")
+            j = t - 1 if causal else t // 2   # the output that may read every position (up to itself)
+            x = self.input(grid).requires_grad_(True)
+            y = module(x)
+            collect_aux(module)
+            weight = torch.randn(y[:, j].shape, generator=self.gen, dtype=y.dtype)
+            (grad,) = torch.autograd.grad((y[:, j] * weight).sum(), x)
+            per_position = grad.abs().amax(dim=(0, 2))[: j + 1 if causal else t]   # (T,)
+            cold = (per_position == 0).nonzero().flatten().tolist()
+            weakest = min(weakest, per_position.min().item())
+            if cold:
+                raise _Failed(0, "> 0 at every position", f"{label}: the gradient of output {j} reaches no input at "
+                              f"position(s) {cold[:8]}; scores or mixing weights are cut from the graph")
+        self.report.figures["reach"] = weakest
+        self.report.record("reach", weakest, "> 0 at every position", True)
+
+    def check_mixing(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        weakest = float("inf")
+        for label, grid, module in self.modules(grids, spec):
+            t = grid[0] * grid[1]
+            j = 0 if label.startswith("causal") else t // 2  # a causal mixer can only carry token 0 forward
+            x = self.input(grid)
+            x2 = x.clone()
+            x2[:, j] += torch.linspace(1.0, 2.0, x.shape[-1], dtype=x.dtype)
+            others = [i for i in range(t) if i != j]
+            dev = _max_dev(self.run(module, x)[:, others], self.run(module, x2)[:, others])
+            key = "causal_mixing" if label.startswith("causal") else "mixing"
+            self.report.figures[key] = min(self.report.figures.get(key, float("inf")), dev)
+            weakest = min(weakest, dev)
+            if dev <= MIX_ATOL:
+                raise _Failed(dev, f"> {MIX_ATOL:g}", f"{label}: perturbing token {j} changed no other token's output "
+                              f"(max change {dev:.3e}); the mixer does not mix tokens")
+        self.report.record("mixing", weakest, f"> {MIX_ATOL:g}", True)
+
+    def check_determinism(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        x = self.input(grids[0])
+        dev = _max_dev(self.run(self.build(grids[0]), x), self.run(self.build(grids[0]), x))
+        self.report.figures["determinism"] = dev
+        if dev > 0:
+            raise _Failed(dev, "== 0", f"two builds with seed {self.seed} differ by {dev:.3e}")
+        self.report.record("determinism", dev, "== 0", True)
+
+    def check_batch(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        worst = 0.0
+        for label, grid, module in self.modules(grids[:1], spec):
+            x = self.input(grid)
+            sel = torch.zeros(x.shape[0], 1, 1, dtype=torch.bool)
+            sel[1:] = True
+            y, y2 = self.run(module, x), self.run(module, _perturbed(x, sel, self.gen))
+            dev = _max_dev(y[0], y2[0])
+            worst = max(worst, dev)
+            if dev > 0:
+                raise _Failed(dev, "== 0", f"{label}: changing other samples of the batch changed sample 0's output "
+                              f"by {dev:.3e}; the mixer mixes across the batch")
+        self.report.figures["batch_leak"] = worst
+        self.report.record("batch", worst, "== 0", True)
+
+    def check_causal(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        worst = 0.0
+        for grid in grids:
+            module = self.build(grid, causal=True)
+            t = grid[0] * grid[1]
+            x = self.input(grid)
+            y = self.run(module, x)
+            for cut in range(t - 1):
+                y2 = self.run(module, _perturbed(x, _positions(x, slice(cut + 1, None)), self.gen))
+                dev = _rel_dev(y[:, : cut + 1], y2[:, : cut + 1], y)
+                worst = max(worst, dev)
+                if dev > LEAK_RTOL:
+                    raise _Failed(dev, f"<= {LEAK_RTOL:g}", f"T={t}: changing tokens after position {cut} changed "
+                                  f"outputs at positions <= {cut} by {dev:.3e} (relative); the mixer sees the future")
+        self.report.figures["causal_leak"] = worst
+        self.report.record("causal", worst, f"<= {LEAK_RTOL:g}", True, "every cut point")
+
+    def _pads(self, t: int, grid: tuple[int, int]) -> torch.Tensor:
+        """Right padding on sample 0, left padding on sample 1; grid mixers pad whole trailing rows."""
+        pad = torch.ones(self.batch, t, dtype=torch.bool)
+        cut = grid[1] if mixer_spec(self.name).needs_grid else max(1, t // 4)
+        pad[0, t - cut:] = False
+        if self.batch > 1 and not mixer_spec(self.name).needs_grid:
+            pad[1, :cut] = False
+        return pad
+
+    def check_padding(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        worst = 0.0
+        for label, grid, module in self.modules(grids, spec):
+            x = self.input(grid)
+            pad = self._pads(x.shape[1], grid)
+            y = self.run(module, x, pad)
+            if not torch.isfinite(y[pad]).all():
+                raise _Failed(float("nan"), "finite", f"{label}: non-finite outputs at real positions under padding")
+            y2 = self.run(module, _perturbed(x, ~pad[..., None], self.gen), pad)
+            dev = _rel_dev(y[pad], y2[pad], y[pad])
+            worst = max(worst, dev)
+            if dev > LEAK_RTOL:
+                raise _Failed(dev, f"<= {LEAK_RTOL:g}", f"{label}: changing padded positions changed real outputs by "
+                              f"{dev:.3e} (relative)")
+        self.report.figures["padding_leak"] = worst
+        self.report.record("padding", worst, f"<= {LEAK_RTOL:g}", True)
+
+    def check_truncation(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        worst = 0.0
+        for label, grid, module in self.modules(grids, spec):
+            x = self.input(grid)
+            pad = self._pads(x.shape[1], grid)
+            y = self.run(module, x, pad)
+            for b in range(min(self.batch, 2)):
+                real = pad[b].nonzero().flatten()
+                short = self._truncated_module(module, grid, len(real), label.startswith("causal"))
+                y_short = self.run(short, x[b:b + 1, real])
+                dev = _rel_dev(y[b, real], y_short[0], y_short)
+                worst = max(worst, dev)
+                if dev > TRUNCATION_RTOL:
+                    side = "right" if b == 0 else "left"
+                    raise _Failed(dev, f"<= {TRUNCATION_RTOL:g}", f"{label}: with {side} padding the real outputs "
+                                  f"differ from the outputs of the sequence cut to its {len(real)} real tokens by "
+                                  f"{dev:.3e} (relative); they depend on how many pads there are")
+        self.report.figures["truncation"] = worst
+        self.report.record("truncation", worst, f"<= {TRUNCATION_RTOL:g}", True, "left and right padding")
+
+    def _truncated_module(self, module: nn.Module, grid: tuple[int, int], length: int, causal: bool) -> nn.Module:
+        """The same mixer for the shorter sequence: itself for 1D mixers, rebuilt on the shorter grid
+        (same weights) for grid mixers."""
+        if not mixer_spec(self.name).needs_grid:
+            return module
+        short = self.build((length // grid[1], grid[1]), causal=causal)
+        short.load_state_dict(module.state_dict())
+        return short
+
+    def check_kv_cache(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        worst = 0.0
+        for grid in grids:
+            module = self.build(grid, causal=True)
+            t = grid[0] * grid[1]
+            x = self.input(grid)
+            full = self.run(module, x)
+            for cuts in ([0, t // 2, t // 2 + 1, t], [0, 1, 2, t // 3, t]):
+                cache: dict[str, torch.Tensor] = {}
+                with torch.no_grad():
+                    steps = [module.forward_cached(x[:, a:b], cache) for a, b in zip(cuts, cuts[1:])]
+                collect_aux(module)
+                dev = _rel_dev(full, torch.cat(steps, 1), full)
+                worst = max(worst, dev)
+                if dev > TRUNCATION_RTOL:
+                    raise _Failed(dev, f"<= {TRUNCATION_RTOL:g}", f"T={t}: forward_cached in chunks {cuts} differs "
+                                  f"from forward by {dev:.3e} (relative)")
+        self.report.figures["kv_cache"] = worst
+        self.report.record("kv_cache", worst, f"<= {TRUNCATION_RTOL:g}", True)
 
 
 @contextmanager
@@ -236,3 +463,6 @@ def temporary_plugin(plugin: object, name: str | None = None) -> Iterator[None]:
         yield
     finally:
         plugins.unregister(plugin, registered)
+
+
+__all__ = ["check_mixer", "contract_report", "ContractReport", "PropertyCheck", "PROPERTIES", "temporary_plugin"]

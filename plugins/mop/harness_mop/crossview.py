@@ -108,18 +108,26 @@ class CrossViewAttention(nn.Module):
         """The reference's argmax of A2's row sums is always row 0 (every softmax row sums to 1).
         "colmass" anchors on the key that real queries attend to most in view 2. In a causal context
         query i only counts queries <= i (a cumulative sum), so k*(i) <= i and its row of A2 only
-        reads tokens <= i. "fixed" uses fixed_k_star, clamped to i when causal, falling back to
-        colmass where that position is padding (a padded row would leak into real outputs)."""
+        reads tokens <= i. "fixed" uses fixed_k_star, clamped to i when causal. With padding, positions
+        count real tokens only (the k*-th real token), so a left-padded sequence anchors where the
+        same sequence without its pads does."""
         B, H, T, _ = a2.shape
+        if self.anchor == "fixed":
+            return self._fixed_anchor(B, H, T, pad, a2.device)
         w = a2 if pad is None else a2 * pad[:, None, :, None].to(a2.dtype)   # real queries only
         mass = w.cumsum(-2) if self.causal else w.sum(-2, keepdim=True)      # (B, H, T|1, T)
-        idx = mass.argmax(-1)                                                # (B, H, T|1)
-        if self.anchor == "fixed":
-            pos = torch.arange(T, device=a2.device)
-            fixed = pos.clamp(max=self.fixed_k_star) if self.causal else pos.new_full((1,), self.fixed_k_star)
-            fixed = fixed.clamp(max=T - 1).expand(B, H, -1)                  # (B, H, T|1)
-            if pad is not None:
-                ok = pad.gather(1, fixed[:, 0])[:, None]                     # (B, 1, T|1)
-                fixed = torch.where(ok, fixed, idx)
-            idx = fixed
-        return idx
+        return mass.argmax(-1)                                               # (B, H, T|1)
+
+    def _fixed_anchor(self, B: int, H: int, T: int, pad: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """-> (B, H, T|1): the fixed_k_star-th (real) token, or query i's own position if earlier when causal."""
+        k = self.fixed_k_star
+        if pad is None:
+            pos = torch.arange(T, device=device)
+            fixed = pos.clamp(max=k) if self.causal else pos.new_full((1,), k)
+            return fixed.clamp(max=T - 1).expand(B, H, -1)
+        rank = pad.long().cumsum(-1) - 1                                     # (B, T): index among real tokens
+        last = (pad.sum(-1, keepdim=True) - 1).clamp_min(0)                  # (B, 1)
+        target = rank.clamp(0, k) if self.causal else torch.full_like(last, k)
+        target = torch.minimum(target, last)                                 # (B, T|1)
+        real_first = torch.argsort((~pad).to(torch.int8), dim=-1, stable=True)   # (B, T): real positions in order
+        return real_first.gather(1, target)[:, None].expand(B, H, -1)

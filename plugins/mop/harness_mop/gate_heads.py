@@ -9,7 +9,8 @@ Input channels per (batch, head) are [S_1..S_n, S_1^T..S_n^T, log C_fwd, log C_b
 
 Leak rules (a causal context, padding): every feature map is built from finite scores and zeroed
 outside ``keep`` (query and key real and, if causal, j <= i) before any filter looks across
-positions; the dense 3x3 conv only looks at rows i-2..i; low-rank row means run over a query's
+positions, and so is the dense head's hidden map before its 3x3 (what the conv sees outside
+``keep`` is then its own zero padding: a padded sequence gives the outputs of the truncated one); the dense 3x3 conv only looks at rows i-2..i; low-rank row means run over a query's
 visible keys (j <= i) and column means over the queries that came before key j (r <= j). The
 gate at (i, j <= i) therefore reads tokens <= i only, and never a padded token.
 """
@@ -94,7 +95,13 @@ class DenseGateHead(nn.Module):
         f = torch.stack([*s.unbind(2), *s.transpose(-1, -2).unbind(2), inp.log_f, inp.log_b], -1)   # (B, H, T, T, C)
         if inp.keep is not None:
             f = f * inp.keep[..., None].to(f.dtype)               # zero outside keep, before any 3x3
-        h = F.gelu(self.inp(f)).flatten(0, 1)                     # (BH, T, T, hidden)
+        h = F.gelu(self.inp(f))                                   # (B, H, T, T, hidden)
+        if inp.keep is not None and self.k3 is not None:
+            # The 1x1's bias makes h non-zero outside keep; the 3x3 must see 0 there, the value its
+            # own zero padding has at a border, so that a padded sequence gives exactly the outputs
+            # of the same sequence cut to its real tokens.
+            h = h * inp.keep[..., None].to(h.dtype)
+        h = h.flatten(0, 1)                                       # (BH, T, T, hidden)
         if self.k3 is None:
             g = self.out(h).permute(0, 3, 1, 2)                   # (BH, 4, T, T)
         else:
