@@ -301,30 +301,39 @@ def loglog_slope(frame: Any, mixer: str, time_col: str) -> tuple[float, float | 
 
 # ------------------------------------------------------------------------------------------ output
 
-def write_plot(frame: Any, time_col: str, path: Path, title: str) -> None:
-    """Log-log time vs T, one line per mixer, with a dashed T^2 guide through softmax's first point."""
-    import matplotlib
+def bench_figure(frame: Any, time_col: str, title: str) -> Any:
+    """Log-log time vs T, one line per mixer (the median) with its p20-p80 band, a dashed T^2 guide
+    through softmax's first point, plain numbers on both axes."""
+    from harness.report.plots import new_figure, plain_log_axis
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ok = frame[frame["status"] == "ok"]
+    fig = new_figure(7, 5)
+    ax = fig.subplots()
+    ok = frame[frame["status"] == "ok"].sort_values("T")
     for name, group in ok.groupby("mixer", sort=False):
-        ax.plot(group["T"], group[time_col], marker="o", label=name)
-    ref = ok[ok["mixer"] == REFERENCE].sort_values("T")
+        line, = ax.plot(group["T"], group[time_col], marker="o", label=name)
+        low, high = f"{time_col}_p20", f"{time_col}_p80"
+        if low in group.columns and high in group.columns and group[low].notna().any():
+            ax.fill_between(group["T"], group[low], group[high], color=line.get_color(), alpha=0.2, lw=0)
+    ref = ok[ok["mixer"] == REFERENCE]
     if len(ref):
         t0, y0 = float(ref["T"].iloc[0]), float(ref[time_col].iloc[0])
         ts = sorted(frame["T"].unique())
         ax.plot(ts, [y0 * (t / t0) ** 2 for t in ts], "k--", linewidth=1, label="T^2 guide")
-    ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel=f"{time_col} (median)", title=title)
-    ax.set_xticks(sorted(frame["T"].unique()), labels=[str(t) for t in sorted(frame["T"].unique())])
+    ax.set(xscale="log", yscale="log", xlabel="sequence length T",
+           ylabel=f"{time_col} (median, band = p20-p80)", title=title)
+    lengths = sorted(frame["T"].unique())
+    ax.set_xticks(lengths, labels=[str(t) for t in lengths])
     ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-    ax.grid(True, which="both", alpha=0.3)
+    plain_log_axis(ax.yaxis)
+    ax.grid(True, which="both", axis="y", alpha=0.3)
+    ax.grid(True, which="major", axis="x", alpha=0.3)   # T's minor ticks are hidden: no lines for them
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def write_plot(frame: Any, time_col: str, path: Path, title: str) -> None:
+    """Save ``bench_figure``."""
+    bench_figure(frame, time_col, title).savefig(path, dpi=120)
 
 
 def _fmt(value: Any, spec: str) -> str:

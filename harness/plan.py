@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import ValidationError
 
 from harness.registry import UnknownNameError, get_registries
-from harness.suite import Suite, SuiteError, TrainSection
+from harness.suite import Suite, SuiteError, TrainSection, unknown_key
 
 SPLITS = ("train", "val", "test")
 
@@ -36,12 +36,27 @@ class Plan:
         return (self.achieved - self.target) / self.target
 
 
-def _accepts(fn: Any, keys: set[str], skip: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+# What a mixer's constructor takes besides its options (see MixerSpec).
+MIXER_ARGS = ("dim", "heads", "ctx")
+
+
+def keyword_options(fn: Any, skip: Iterable[str] = ()) -> dict[str, inspect.Parameter] | None:
+    """The named parameters ``fn`` takes, less ``skip``; None when it takes any (``**kwargs``)."""
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return [], []
-    allowed = [k for k in params if k not in skip]
-    return sorted(keys - set(params)), allowed
+        return None
+    return {k: p for k, p in params.items() if k not in skip and p.kind is not p.VAR_POSITIONAL}
+
+
+def _known_keys(problems: list[str], path: str, given: Iterable[str], allowed: Iterable[str] | None,
+                owner: str) -> bool:
+    """Record each key in ``given`` that ``allowed`` lacks (None allows any); True when none is unknown."""
+    if allowed is None:
+        return True
+    allowed = list(allowed)
+    unknown = [k for k in given if k not in allowed]
+    problems += [unknown_key(f"{path}.{k}", allowed, owner) for k in unknown]
+    return not unknown
 
 
 def build_task(suite: Suite) -> Any:
@@ -78,10 +93,8 @@ def _check_header(suite: Suite, problems: list[str]) -> Any:
 
 def _check_task(suite: Suite, task_spec: Any, check_data: bool, problems: list[str]) -> Any:
     """Build the task from [task]; returns it, or None with the problem recorded."""
-    unknown, allowed = _accepts(task_spec.load(), set(suite.task))
-    if unknown:
-        problems.append(f"task: unknown option(s) {', '.join(unknown)} for task {suite.suite.task!r}; "
-                        f"options: {', '.join(allowed) or 'none'}")
+    if not _known_keys(problems, "task", suite.task, keyword_options(task_spec.load()),
+                       f"task {suite.suite.task!r}"):
         return None
     try:
         task = build_task(suite)
@@ -96,12 +109,54 @@ def _check_task(suite: Suite, task_spec: Any, check_data: bool, problems: list[s
 def _check_train(suite: Suite, name: str, problems: list[str]) -> None:
     path, v = f"variants.{name}", suite.variants[name]
     train_keys = set(TrainSection.model_fields)
-    for key in sorted(set(v.train) - train_keys):
-        problems.append(f"{path}.train.{key}: unknown key; train keys: {', '.join(sorted(train_keys))}")
+    _known_keys(problems, f"{path}.train", v.train, train_keys, "[train]")
     try:
         TrainSection.model_validate({**suite.train.model_dump(), **{k: x for k, x in v.train.items() if k in train_keys}})
     except ValidationError as exc:
         problems += [f"{path}.train.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+
+
+def _load_failure(path: str, what: str, spec: Any, exc: Exception) -> str:
+    return (f"{path}: loading {what} of {spec.name!r} failed: {type(exc).__name__}: {exc}; report it to "
+            f"plugin {spec.plugin!r}")
+
+
+def _check_model_keys(suite: Suite, name: str, model_spec: Any, problems: list[str]) -> bool:
+    """[model] and the variant's model keys against the model's declared config; True when all are known.
+    A [model] problem reads the same for every variant, so it is said once."""
+    try:
+        fields = model_spec.config_fields()
+    except Exception as exc:  # a plugin's broken config target
+        problems.append(_load_failure(f"variants.{name}", "the config", model_spec, exc))
+        return False
+    owner = f"model {model_spec.name!r}"
+    shared = _known_keys(problems, "model", suite.model, fields, owner)
+    return _known_keys(problems, f"variants.{name}.model", suite.variants[name].model, fields, owner) and shared
+
+
+def _check_options(name: str, options: dict[str, Any], mixer_spec: Any, problems: list[str]) -> bool:
+    """A variant's mixer options against the mixer's constructor; True when all are known."""
+    try:
+        allowed = keyword_options(mixer_spec.load(), MIXER_ARGS)
+    except Exception as exc:
+        problems.append(_load_failure(f"variants.{name}.mixer", "the mixer", mixer_spec, exc))
+        return False
+    return _known_keys(problems, f"variants.{name}.options", options, allowed, f"mixer {mixer_spec.name!r}")
+
+
+def _knob_problem(suite: Suite, model_spec: Any) -> str | None:
+    if suite.budget is None:
+        return None
+    try:
+        knobs = model_spec.budget_knobs()
+    except ValueError as exc:
+        return f"budget.knob: {exc}"
+    except Exception:  # a config that fails to load: _check_model_keys reports it
+        return None
+    if suite.budget.knob not in knobs:
+        return (f"budget.knob: model {model_spec.name!r} cannot be matched by {suite.budget.knob!r}; its knobs: "
+                f"{', '.join(knobs) or 'none'}")
+    return None
 
 
 def _capability_problem(suite: Suite, name: str, task: Any, task_spec: Any, model_spec: Any, mixer_spec: Any) -> str | None:
@@ -117,10 +172,7 @@ def _capability_problem(suite: Suite, name: str, task: Any, task_spec: Any, mode
         return f"{path}.mixer: {v.mixer!r} does not support padding but task {task_name!r} pads"
     if mixer_spec.needs_grid and meta.input != "image":
         return f"{path}.mixer: {v.mixer!r} needs an image grid but task {task_name!r} has {meta.input} inputs"
-    if suite.budget is not None and suite.budget.knob not in model_spec.knobs:
-        return (f"budget.knob: model {model_spec.name!r} cannot be matched by {suite.budget.knob!r}; its knobs: "
-                f"{', '.join(model_spec.knobs) or 'none'}")
-    return None
+    return _knob_problem(suite, model_spec)
 
 
 def plan_suite(suite: Suite, *, check_data: bool = True, match: bool = True) -> dict[str, Plan]:
@@ -136,11 +188,13 @@ def plan_suite(suite: Suite, *, check_data: bool = True, match: bool = True) -> 
         model_spec = _name(problems, f"{path}.model_name" if v.model_name else "suite.model",
                            lambda: regs.models.get(suite.model_name(name)))
         mixer_spec = _name(problems, f"{path}.mixer", lambda: regs.mixers.get(v.mixer))
+        keys_ok = model_spec is not None and _check_model_keys(suite, name, model_spec, problems)
+        options_ok = mixer_spec is not None and _check_options(name, v.options, mixer_spec, problems)
         if task is None or model_spec is None or mixer_spec is None:
             continue
         problem = _capability_problem(suite, name, task, task_spec, model_spec, mixer_spec)
-        if problem:
-            problems.append(problem)
+        if problem or not (keys_ok and options_ok):  # building would only repeat a key problem
+            problems += [problem] if problem else []
             continue
         plan = _plan(suite, name, model_spec, task.meta, path, problems, match)
         if plan is not None:

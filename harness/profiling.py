@@ -228,8 +228,10 @@ class PeakMemory:
     kernel allows it (``resettable``); otherwise ``resource.getrusage().ru_maxrss``, which covers
     the whole process life, so ``delta_mb`` is then only a lower bound.
 
-    ``peak_mb`` is absolute (what a training run reports); ``delta_mb`` is the growth above the
-    level on entry (what one mixer call costs, used by ``harness bench``).
+    ``peak_mb`` is absolute; ``delta_mb`` is the growth above the level on entry: what one mixer
+    call costs (``harness bench``) and a training run's ``peak_mem_mb`` (gradients, optimizer
+    state, activations, batches; not the weights already on the device, nor the process's
+    libraries). On CPU it is resident memory: pages first touched meanwhile (thread stacks) count.
     """
 
     def __init__(self, device: str | torch.device | None = "cpu"):

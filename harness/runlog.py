@@ -1,9 +1,11 @@
 """``runs.jsonl``: one ``dataclasses.asdict(RunResult)`` per line, appended the moment a run ends.
 
-One reader serves both the runner (resume) and ``harness report``: a later line for the same
-(variant, seed) supersedes an earlier one, blank lines are skipped, and a line that is not a
-result (a line cut short by a crash) is skipped and counted, never fatal, so a crash loses nothing
-that finished before or after it.
+One reader serves both the runner (resume) and ``harness report``: blank lines are skipped, and a
+line that is not a result (a line cut short by a crash) is skipped and counted, never fatal, so a
+crash loses nothing that finished before or after it (``RunLogContents.warning`` says which lines
+were skipped). Where several results share a (variant, seed), ``merge_per_run`` keeps the one a
+report shows: the latest finished, else the latest of any status; the runner resumes from the
+finished ones alike.
 """
 from __future__ import annotations
 
@@ -50,18 +52,35 @@ def result_from_dict(data: Mapping[str, Any]) -> RunResult:
     return RunResult(run=Run(**run_data), **fields)
 
 
-def latest_per_run(results: Iterable[RunResult]) -> list[RunResult]:
-    """Last result per (variant, seed) wins, kept at the position of its first appearance."""
-    latest: dict[tuple[str, int], RunResult] = {}
+def merge_per_run(results: Iterable[RunResult]) -> list[RunResult]:
+    """One result per (variant, seed), kept at the position of its first appearance: the latest
+    finished one, else the latest of any status. A run that finished keeps its result when a later
+    attempt failed or was killed (as resume keeps it), whether the results come from one
+    runs.jsonl or from every invocation of a suite in MLflow."""
+    chosen: dict[tuple[str, int], RunResult] = {}
     for result in results:
-        latest[(result.run.variant, int(result.run.seed))] = result
-    return list(latest.values())
+        key = (result.run.variant, int(result.run.seed))
+        previous = chosen.get(key)
+        if previous is None or result.status in FINISHED_STATUSES or previous.status not in FINISHED_STATUSES:
+            chosen[key] = result
+    return list(chosen.values())
 
 
 @dataclass
 class RunLogContents:
-    results: list[RunResult] = field(default_factory=list)   # every readable line, in file order
-    bad_lines: list[str] = field(default_factory=list)        # "runs.jsonl:3: not valid JSON (...)"
+    results: list[RunResult] = field(default_factory=list)          # every readable line, in file order
+    skipped: list[tuple[int, str]] = field(default_factory=list)    # (line number, why it is no result)
+    path: Path | None = None
+
+    def warning(self) -> str | None:
+        """One line naming the file, the lines skipped and why the first was, or None when every
+        line was read."""
+        if not self.skipped:
+            return None
+        numbers = ", ".join(str(n) for n, _ in self.skipped)
+        plural = "s" if len(self.skipped) > 1 else ""
+        return (f"warning: {self.path}: skipped line{plural} {numbers}, not a run result "
+                f"({self.skipped[0][1]}; a crash can cut the last line short)")
 
 
 class RunLog:
@@ -72,7 +91,7 @@ class RunLog:
         self.path = path if path.suffix == ".jsonl" else path / Artifact.RUNS
 
     def read(self) -> RunLogContents:
-        contents = RunLogContents()
+        contents = RunLogContents(path=self.path)
         if not self.path.is_file():
             return contents
         with self.path.open(encoding="utf-8") as handle:
@@ -82,9 +101,9 @@ class RunLog:
                 try:
                     contents.results.append(result_from_dict(json.loads(line)))
                 except json.JSONDecodeError as exc:
-                    contents.bad_lines.append(f"{self.path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+                    contents.skipped.append((lineno, f"line {lineno}: not valid JSON ({exc.msg}: column {exc.colno})"))
                 except (TypeError, ValueError) as exc:
-                    contents.bad_lines.append(f"{self.path}:{lineno}: not a run result ({exc})")
+                    contents.skipped.append((lineno, f"line {lineno}: {exc}"))
         return contents
 
     def finished(self) -> dict[str, RunResult]:

@@ -1,16 +1,20 @@
 """Execute a suite: variants x seeds, budget-matched, failures recorded, finished runs skipped.
 
 The output folder keeps ``runs.jsonl`` (one RunResult per line, the later line wins) and
-``suite.json``; a re-run skips every run whose config hash already finished there.
+``suite.json``; a re-run skips every run whose config hash already finished there. Ctrl-C and
+SIGTERM mark the training run killed and keep every finished one (``SuiteInterrupted``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness.plan import Plan, build_task, plan_suite
 from harness.registry import metric_higher_is_better
@@ -45,10 +49,17 @@ def error_reason(exc: BaseException) -> str:
 
 
 def execute_run(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path = Path(".")) -> RunResult:
-    """Build, count, train and evaluate one run. Exceptions propagate to the caller."""
+    """Build, count, train and evaluate one run with ``train.threads`` torch threads. Exceptions
+    propagate to the caller."""
+    from harness.devices import torch_threads
 
+    with torch_threads(run.train.get("threads")) as threads:
+        return _execute(run, plan, task, hook, out_dir, threads)
+
+
+def _execute(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path, threads: int) -> RunResult:
     from harness.budget import count_params, flops_per_token
-    from harness.devices import resolve_device
+    from harness.devices import CoreContention, resolve_device
     from harness.profiling import PeakMemory
     from harness.registry import model as model_spec
     from harness.suite import TrainSection
@@ -64,15 +75,20 @@ def execute_run(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path = Path
     tokens = example.shape[0] * (model.grid[0] * model.grid[1] if hasattr(model, "grid") else example.shape[1])
     efficiency: dict[str, float] = {
         "params": counts.total, "non_embedding_params": counts.non_embedding,
-        "flops_per_token": flops_per_token(model.eval(), example, tokens),
+        "flops_per_token": flops_per_token(model.eval(), example, tokens), "threads": threads,
     }
     if plan.target is not None:
         efficiency.update(target_params=plan.target, param_gap=plan.gap)
-    with PeakMemory(device) as memory:
+    if plan.knob is not None:
+        efficiency["knob_value"] = plan.model_config[plan.knob]
+    model.to(device)  # the weights are the baseline: peak memory is what training adds to them
+    with PeakMemory(device) as memory, CoreContention(threads) as load:
         outcome = train(model, task, cfg, seed=run.seed,
                         on_metrics=lambda metrics, step: hook.metrics_logged(run=run, metrics=metrics, step=step))
     efficiency.update(samples_per_s=outcome.samples_per_s, train_time_s=outcome.train_time_s,
-                      loop_overhead=outcome.loop_overhead, peak_mem_mb=memory.peak_mb)
+                      loop_overhead=outcome.loop_overhead, peak_mem_mb=memory.delta_mb,
+                      decayed_params=outcome.decayed_params, contended=float(load.contended),
+                      other_busy_cores=load.other_busy_cores)
     tokens_per_sample = tokens // example.shape[0]
     efficiency["tokens_per_s"] = outcome.samples_per_s * tokens_per_sample
     artifacts = {}
@@ -147,52 +163,166 @@ class _SuiteProgress:
         self.overall = self.bars.add_task(f"suite {suite.name}", total=total)
 
 
+CTRL_C = "interrupted by the user (Ctrl-C)"
+SIGNAL_CAUSES = {signal.SIGINT: CTRL_C, signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+class SuiteInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a suite. ``signum``: which signal; ``killed``: the run marked
+    killed (None when none was training); ``results``: what this invocation recorded, the killed
+    run included."""
+
+    def __init__(self, cause: str, signum: int, killed: Run | None, results: list[RunResult]):
+        super().__init__(cause)
+        self.cause, self.signum, self.killed, self.results = cause, signum, killed, results
+
+
+class _Interrupts:
+    """While a suite runs, SIGTERM (what ``timeout`` and schedulers send) stops it as Ctrl-C does:
+    both raise KeyboardInterrupt in the main thread. Inside ``held()`` (a result being recorded,
+    a tracker run being opened) a signal waits for the block to end, so no result is half written;
+    once stopping, further signals are ignored so the clean-up completes (SIGKILL still ends it).
+    Off the main thread Python allows no handlers, and only Ctrl-C's default applies."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.holding = self.pending = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in SIGNAL_CAUSES}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self.holding:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt(SIGNAL_CAUSES[signum])
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt(SIGNAL_CAUSES[self.signum])  # type: ignore[index]
+
+
 def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any = None) -> list[RunResult]:
-    """Run every (variant, seed); returns results in plan order. KeyboardInterrupt marks the
-    current run killed, reports what finished, and re-raises."""
+    """Run every (variant, seed); returns results in plan order. Ctrl-C or SIGTERM marks the
+    current run killed, closes the trackers, reports what finished, and raises SuiteInterrupted."""
     from rich.console import Console
 
-    from harness.plugins import get_plugin_manager
+    execution = _Execution(suite, console or Console())
+    with _Interrupts() as interrupts:
+        try:
+            return execution.run(variants, interrupts)
+        except KeyboardInterrupt:
+            interrupts.signum = interrupts.signum or signal.SIGINT  # from now on signals are ignored
+            raise execution.interrupted(interrupts.signum) from None
 
-    console = console or Console()
-    hook = get_plugin_manager().hook
-    _check_variants(suite, variants)
-    plans = plan_suite(suite)
-    task = build_task(suite)
-    runs = suite.runs(variants)
-    out_dir = suite.output_dir
-    log = RunLog(out_dir)
-    _write_suite_info(suite, out_dir)
-    done = log.finished()
-    hook.suite_started(suite=suite, runs=runs, output_dir=str(out_dir))
-    results: list[RunResult] = []
-    progress = _SuiteProgress(suite, len(runs), console)
-    current: tuple[Run, str | None] | None = None
-    try:
+
+class _Execution:
+    """One invocation: what it has opened and recorded, so an interrupt can close and keep it."""
+
+    def __init__(self, suite: Suite, console: Any):
+        from harness.plugins import get_plugin_manager
+
+        self.suite, self.console = suite, console
+        self.hook = get_plugin_manager().hook
+        self.log = RunLog(suite.output_dir)
+        self.results: list[RunResult] = []
+        self.current: tuple[Run, str | None] | None = None   # the training run and its tracker id
+        self.open = False                                     # suite_started called, suite_finished not
+
+    def run(self, variants: list[str] | None, interrupts: _Interrupts) -> list[RunResult]:
+        suite, hook = self.suite, self.hook
+        _check_variants(suite, variants)
+        plans = plan_suite(suite)
+        task = build_task(suite)
+        runs = suite.runs(variants)
+        _write_suite_info(suite, suite.output_dir)
+        skipped_lines = self.log.read().warning()   # resume skips a line cut short by a crash: say so
+        if skipped_lines:
+            self.console.print(skipped_lines, style="yellow", markup=False)
+        done = self.log.finished()
+        previous = {(r.run.variant, r.run.seed): r for r in done.values()}
+        with interrupts.held():
+            hook.suite_started(suite=suite, runs=runs, output_dir=str(suite.output_dir))
+            self.open = True
+        progress = _SuiteProgress(suite, len(runs), self.console)
         with progress.bars:
             for run in runs:
                 if run.config_hash in done:
-                    result = _reuse(run, done[run.config_hash], console)
-                    hook.run_finished(run=run, result=result)
+                    with interrupts.held():
+                        self._record(run, _reuse(run, done[run.config_hash], self.console))
                 else:
-                    current = (run, _tracker_id(hook.run_started(run=run)))
-                    result = _run_one(run, plans[run.variant], task, hook, progress, console, out_dir)
-                    result.run_id = current[1]
-                    hook.run_finished(run=run, result=result)
-                    log.append(result)
-                    current = None
-                results.append(result)
+                    _note_rerun(run, previous.get((run.variant, run.seed)), self.console)
+                    self._train(run, plans[run.variant], task, progress, interrupts)
                 progress.bars.advance(progress.overall)
-    except KeyboardInterrupt:
-        if current is not None:
-            killed = RunResult(current[0], "killed", error="interrupted by the user (Ctrl-C)", run_id=current[1])
-            hook.run_finished(run=current[0], result=killed)
-            log.append(killed)
-            results.append(killed)
-        hook.suite_finished(suite=suite, results=results, output_dir=str(out_dir))
-        raise
-    hook.suite_finished(suite=suite, results=results, output_dir=str(out_dir))
-    return results
+        with interrupts.held():
+            self.open = False
+            hook.suite_finished(suite=suite, results=self.results, output_dir=str(suite.output_dir))
+        return self.results
+
+    def _train(self, run: Run, plan: Plan, task: Any, progress: _SuiteProgress, interrupts: _Interrupts) -> None:
+        with interrupts.held():
+            self.current = (run, _tracker_id(self.hook.run_started(run=run)))
+        result = _run_one(run, plan, task, self.hook, progress, self.console, self.suite.output_dir)
+        with interrupts.held():
+            result.run_id = self.current[1]
+            self.log.append(result)   # on disk the moment the run ends
+            self._record(run, result)
+            self.current = None
+
+    def _record(self, run: Run, result: RunResult) -> None:
+        self.hook.run_finished(run=run, result=result)
+        self.results.append(result)
+
+    def interrupted(self, signum: int) -> SuiteInterrupted:
+        """Mark the training run killed, close the suite's hooks; the exception to raise."""
+        cause = SIGNAL_CAUSES[signum]
+        killed = None
+        if self.current is not None:
+            run, run_id = self.current
+            killed = RunResult(run, "killed", error=cause, run_id=run_id)
+            self.log.append(killed)
+            self._record(run, killed)
+            self.current = None
+        if self.open:
+            self.open = False
+            self.hook.suite_finished(suite=self.suite, results=self.results, output_dir=str(self.suite.output_dir))
+        return SuiteInterrupted(cause, signum, killed.run if killed else None, self.results)
+
+
+# What must match for a re-run to be a change of code or defaults rather than of configuration.
+_CONFIG_FIELDS = ("task", "model", "mixer", "metric", "task_options", "model_config", "mixer_options", "train",
+                  "budget")
+
+
+def _note_rerun(run: Run, previous: RunResult | None, console: Any) -> None:
+    """One dim line when runs.jsonl holds a finished result of the same configuration under
+    another hash: the hash also covers versions and the mixer's resolved options."""
+    if previous is None or previous.run.config_hash == run.config_hash:
+        return
+
+    def config(r: Run) -> str:
+        return json.dumps({f: getattr(r, f) for f in _CONFIG_FIELDS}, sort_keys=True, default=str)
+
+    if config(previous.run) == config(run):
+        console.print(f"[dim]re-run {run.key}: harness or plugin versions, or resolved options, changed since "
+                      f"runs.jsonl's result[/dim]")
 
 
 def _reuse(run: Run, prev: RunResult, console: Any) -> RunResult:

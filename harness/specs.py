@@ -1,6 +1,7 @@
 """Typed specs that plugins register, and the Run/RunResult records the runner passes to hooks."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -83,12 +84,35 @@ class MixerSpec(_Spec):
 class ModelSpec(_Spec):
     """A backbone: ``target(meta: TaskMeta, *, mixer, mixer_options, **config)`` -> nn.Module.
 
-    ``inputs`` lists the task input kinds it accepts; ``knobs`` the config keys (among
-    ``BUDGET_KNOBS``) the budget matcher may search, checked when a suite is planned.
+    ``inputs`` lists the task input kinds it accepts. ``config`` is the dataclass whose fields are
+    the config keys (``[model]``, a variant's ``model`` table) with their types and defaults, or its
+    lazy ``"module:Class"`` string; without one, unknown keys surface only when the model is built.
+    ``knobs``: the config keys (among ``BUDGET_KNOBS``) the budget matcher may search; default: the
+    ``BUDGET_KNOBS`` among the config's fields (all of them without a config). Checked when a suite
+    is planned.
     """
 
     inputs: tuple[str, ...] = field(default=("tokens",), kw_only=True)
-    knobs: tuple[str, ...] = field(default=BUDGET_KNOBS, kw_only=True)
+    knobs: tuple[str, ...] | None = field(default=None, kw_only=True)
+    config: type | str | None = field(default=None, kw_only=True)
+
+    def config_fields(self) -> dict[str, Any] | None:
+        """The config's dataclass fields by name, or None when the model declares no config."""
+        if self.config is None:
+            return None
+        return {f.name: f for f in dataclasses.fields(load_target(self.config))}  # type: ignore[arg-type]
+
+    def budget_knobs(self) -> tuple[str, ...]:
+        """The knobs the matcher may search; ValueError when a declared knob is no config key, since
+        matching it would build the model with a key it rejects."""
+        keys = self.config_fields()
+        if self.knobs is None:
+            return tuple(k for k in BUDGET_KNOBS if keys is None or k in keys)
+        missing = [k for k in self.knobs if keys is not None and k not in keys]
+        if missing:
+            raise ValueError(f"model {self.name!r} declares budget knob(s) {', '.join(missing)} that its config "
+                             f"lacks; a bug in plugin {self.plugin!r}")
+        return self.knobs
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,11 +19,47 @@ from harness.specs import BUDGET_KNOBS, Run
 
 
 class SuiteError(ValueError):
-    """A suite problem; ``problems`` holds one line per problem, each starting with its TOML path."""
+    """A suite problem; ``problems`` holds one line per problem, each starting with its TOML path.
+    ``partial``: for schema problems, the suite without the rejected keys, so that ``harness
+    validate`` can go on to check names and budgets in the same pass (None when nothing is left)."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], partial: "Suite | None" = None):
         self.problems = problems
+        self.partial = partial
         super().__init__("\n".join(problems))
+
+
+KEYS_HINT = "see `harness validate --keys`"
+
+# Synonyms that spelling alone cannot lead back to (other libraries' names for the same key).
+KEY_ALIASES = {
+    "learning_rate": "lr", "num_steps": "steps", "n_steps": "steps", "max_steps": "steps", "iterations": "steps",
+    "batch": "batch_size", "bs": "batch_size", "wd": "weight_decay", "clip": "grad_clip",
+    "max_grad_norm": "grad_clip", "warmup_ratio": "warmup", "n_trials": "trials", "num_trials": "trials",
+    "seed": "seeds", "layers": "depth", "num_layers": "depth", "n_layers": "depth", "num_heads": "heads",
+    "n_heads": "heads", "d_model": "dim", "hidden_size": "dim", "embed_dim": "dim", "width": "dim",
+    "patch_size": "patch", "mixer_options": "options", "model_config": "model",
+}
+
+
+def closest_key(key: str, choices: list[str]) -> str | None:
+    """The key meant: a known synonym, else the closest spelling, else a misspelt synonym's key."""
+    candidates = [KEY_ALIASES.get(key.lower())]
+    candidates += difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    candidates += [KEY_ALIASES[k] for k in difflib.get_close_matches(key.lower(), list(KEY_ALIASES), n=1, cutoff=0.8)]
+    return next((c for c in candidates if c in choices), None)
+
+
+def unknown_key(path: str, choices: Iterable[str], owner: str = "") -> str:
+    """``train.learning_rate: unknown key; did you mean lr? (see ...)``; with no close key, the keys
+    ``owner`` (e.g. "model 'vit'") takes."""
+    key, choices = path.rpartition(".")[2], sorted(choices)
+    close = closest_key(key, choices)
+    if close:
+        hint = f"did you mean {close}?"
+    else:
+        hint = f"{owner + ' ' if owner else ''}keys: {', '.join(choices) or 'none'}"
+    return f"{path}: unknown key; {hint} ({KEYS_HINT})"
 
 
 class _Strict(BaseModel):
@@ -73,6 +110,7 @@ class TrainSection(_Strict):
     log_every: int = Field(default=50, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                   # bf16 autocast on CUDA
+    threads: int | None = Field(default=None, gt=0)   # torch intra-op threads; None = harness.devices.available_cores()
 
 
 class VariantSection(_Strict):
@@ -97,6 +135,22 @@ class ProfileSection(_Strict):
     steps: int = Field(default=5, gt=0)
     wait: int = Field(default=1, ge=0)
     warmup: int = Field(default=1, ge=0)
+
+
+# The typed tables, by the TOML path they sit at ("variants.<name>": each variant's table).
+SECTIONS: dict[str, type[BaseModel]] = {
+    "suite": SuiteSection, "budget": BudgetSection, "train": TrainSection, "variants.<name>": VariantSection,
+    "tune": TuneSection, "profile": ProfileSection,
+}
+
+
+def section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the typed table at ``loc`` allows (``()``: the top level); [] for free-form tables."""
+    if not loc:
+        return list(Suite.model_fields)
+    name = "variants.<name>" if loc[0] == "variants" and len(loc) == 2 else ".".join(map(str, loc))
+    section = SECTIONS.get(name)
+    return list(section.model_fields) if section else []
 
 
 class Suite(_Strict):
@@ -135,10 +189,22 @@ class Suite(_Strict):
         }
 
     def runs(self, variants: list[str] | None = None) -> list[Run]:
+        """One Run per (variant, seed). Its config hash, which resume matches, covers the resolved
+        configuration, the mixer's options with its registered defaults under them, and
+        ``name==version`` of harness and every loaded plugin: a release with a fix or a changed
+        default re-runs. The git commit is recorded (MLflow tag ``harness.git_commit``), not hashed:
+        a commit that touches nothing a run uses must not re-run a suite."""
+        from harness.plugins import plugin_infos
+        from harness.registry import get_registries
+
+        versions = sorted(f"{i.name}=={i.version}" for i in plugin_infos() if not i.error)
+        mixers = get_registries().mixers
         out = []
         for variant in variants or list(self.variants):
             cfg = self.resolved(variant)
             v = self.variants[variant]
+            defaults = mixers.get(v.mixer).defaults if v.mixer in mixers else {}
+            hashed = {**cfg, "mixer_options": {**defaults, **v.options}, "versions": versions}
             overrides = tuple([f"model.{k}" for k in v.model] + [f"train.{k}" for k in v.train])
             for seed in self.suite.seeds:
                 out.append(Run(
@@ -146,7 +212,7 @@ class Suite(_Strict):
                     mixer=cfg["mixer"], metric=cfg["metric"], task_options=cfg["task_options"],
                     model_config=cfg["model_config"], mixer_options=cfg["mixer_options"], train=cfg["train"],
                     budget=cfg["budget"], profile=self.profile.model_dump() if self.profile.enabled else None,
-                    overrides=overrides, config_hash=config_hash({**cfg, "seed": seed}),
+                    overrides=overrides, config_hash=config_hash({**hashed, "seed": seed}),
                 ))
         return out
 
@@ -169,12 +235,14 @@ def read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in _seen:
         raise SuiteError([f"extends: {path.name} extends itself (cycle {' -> '.join(p.name for p in _seen)})"])
+    # Problems are printed after the suite's own path, so only a base file names itself.
+    where = f"extends: {path}: " if _seen else ""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SuiteError([f"{path}: no such suite file"]) from None
+        raise SuiteError([f"{where}no such suite file"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise SuiteError([f"{path.name}: not valid TOML: {exc}"]) from None
+        raise SuiteError([f"{where}not valid TOML: {exc}"]) from None
     base = data.pop("extends", None)
     if base is None:
         return data
@@ -225,25 +293,54 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc)
+def _loc(err: Any) -> tuple[Any, ...]:
+    return tuple(p for p in err["loc"] if p not in ("function-after[_one_target()]",))
+
+
+def _problem(err: Any) -> str:
+    loc = _loc(err)
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        return unknown_key(path, section_keys(loc[:-1]))
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+    return f"{path}: {err['msg']}{got}"
+
+
+def _drop(data: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    node: Any = data
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
+
+
+def _salvage(data: dict[str, Any], errors: list[Any]) -> Suite | None:
+    """The suite without what pydantic rejected (defaults apply instead): a bad value goes, a bad
+    list item takes its list, a missing required key its table. None when the suite itself goes."""
+    data = copy.deepcopy(data)
+    for _ in range(3):  # dropping a table can leave a required one missing: the next round drops that
+        for err in errors:
+            loc = _loc(err)
+            loc = loc[:next((i for i, p in enumerate(loc) if isinstance(p, int)), len(loc))]
+            loc = loc[:-1] if err["type"] == "missing" else loc
+            if not loc:
+                return None
+            _drop(data, loc)
+        try:
+            return Suite.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+    return None
 
 
 def parse_suite(data: dict[str, Any]) -> Suite:
+    """The typed suite; SuiteError lists every schema problem (with ``partial``, see SuiteError)."""
     try:
         return Suite.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _loc(tuple(p for p in err["loc"] if p not in ("function-after[_one_target()]",)))
-            if err["type"] == "extra_forbidden":
-                problems.append(f"{loc}: unknown key (check the spelling; see `harness validate --help`)")
-            elif err["type"] == "missing":
-                problems.append(f"{loc}: required key is missing")
-            else:
-                problems.append(f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and
-                                                             not isinstance(err["input"], dict) else ""))
-        raise SuiteError(problems) from None
+        raise SuiteError([_problem(e) for e in exc.errors()], partial=_salvage(data, exc.errors())) from None
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None, *,

@@ -29,6 +29,9 @@ Properties (names usable in ``checks=``):
 Lengths: 16 (a 4x4 grid), 12 (3x4, not a square) and 40 (5x8, longer than 32), so a fast path that
 only kicks in at some lengths is exercised; a ``fixed_len`` mixer is checked at its one length.
 Call it from a plugin's tests; the core's own tests run it over every registered mixer.
+
+The module is longer than most (one method per property on one checker class): it is the one
+public page a plugin author reads, so the whole contract stays in one place.
 """
 from __future__ import annotations
 
@@ -158,6 +161,17 @@ def _rel_dev(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> float:
     return _max_dev(a, b) / max(scale.abs().max().item() if scale.numel() else 0.0, 1e-300)
 
 
+def _limit(limit: float) -> str:
+    return "== 0" if limit == 0 else f"<= {limit:g}"
+
+
+def _at_most(dev: float, limit: float, detail: Callable[[], str]) -> float:
+    """``dev``, or a failure with ``detail()`` when it exceeds ``limit``."""
+    if dev > limit:
+        raise _Failed(dev, _limit(limit), detail())
+    return dev
+
+
 def _perturbed(x: torch.Tensor, sel: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """``x`` with large noise added where ``sel`` (broadcast to x's shape) is True."""
     noise = torch.randn(x.shape, generator=gen, dtype=x.dtype) * PERTURBATION
@@ -203,6 +217,17 @@ class _Checker:
             yield f"T={grid[0] * grid[1]}", grid, self.build(grid)
             if spec.causal_ok:
                 yield f"causal T={grid[0] * grid[1]}", grid, self.build(grid, causal=True)
+
+    def passed(self, prop: str, figure: str, worst: float, limit: float, detail: str = "") -> None:
+        self.report.figures[figure] = worst
+        self.report.record(prop, worst, _limit(limit), True, detail)
+
+    def causal_runs(self, grids: tuple[tuple[int, int], ...]) -> Iterator[tuple[int, nn.Module, torch.Tensor, torch.Tensor]]:
+        """(T, causal module, input, its output) for every length."""
+        for grid in grids:
+            module = self.build(grid, causal=True)
+            x = self.input(grid)
+            yield grid[0] * grid[1], module, x, self.run(module, x)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -347,29 +372,20 @@ class _Checker:
             sel[1:] = True
             y, y2 = self.run(module, x), self.run(module, _perturbed(x, sel, self.gen))
             dev = _max_dev(y[0], y2[0])
-            worst = max(worst, dev)
-            if dev > 0:
-                raise _Failed(dev, "== 0", f"{label}: changing other samples of the batch changed sample 0's output "
-                              f"by {dev:.3e}; the mixer mixes across the batch")
-        self.report.figures["batch_leak"] = worst
-        self.report.record("batch", worst, "== 0", True)
+            worst = max(worst, _at_most(dev, 0.0, lambda: f"{label}: changing other samples of the batch changed "
+                                        f"sample 0's output by {dev:.3e}; the mixer mixes across the batch"))
+        self.passed("batch", "batch_leak", worst, 0.0)
 
     def check_causal(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
         worst = 0.0
-        for grid in grids:
-            module = self.build(grid, causal=True)
-            t = grid[0] * grid[1]
-            x = self.input(grid)
-            y = self.run(module, x)
+        for t, module, x, y in self.causal_runs(grids):
             for cut in range(t - 1):
                 y2 = self.run(module, _perturbed(x, _positions(x, slice(cut + 1, None)), self.gen))
                 dev = _rel_dev(y[:, : cut + 1], y2[:, : cut + 1], y)
-                worst = max(worst, dev)
-                if dev > LEAK_RTOL:
-                    raise _Failed(dev, f"<= {LEAK_RTOL:g}", f"T={t}: changing tokens after position {cut} changed "
-                                  f"outputs at positions <= {cut} by {dev:.3e} (relative); the mixer sees the future")
-        self.report.figures["causal_leak"] = worst
-        self.report.record("causal", worst, f"<= {LEAK_RTOL:g}", True, "every cut point")
+                worst = max(worst, _at_most(dev, LEAK_RTOL, lambda: f"T={t}: changing tokens after position {cut} "
+                                            f"changed outputs at positions <= {cut} by {dev:.3e} (relative); the "
+                                            f"mixer sees the future"))
+        self.passed("causal", "causal_leak", worst, LEAK_RTOL, "every cut point")
 
     def _pads(self, t: int, grid: tuple[int, int]) -> torch.Tensor:
         """Right padding on sample 0, left padding on sample 1; grid mixers pad whole trailing rows."""
@@ -380,42 +396,38 @@ class _Checker:
             pad[1, :cut] = False
         return pad
 
-    def check_padding(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
-        worst = 0.0
+    def padded_runs(self, grids: tuple[tuple[int, int], ...], spec: Any) -> Iterator[tuple[Any, ...]]:
+        """(label, grid, module, input, pad, output under pad) for every module of ``modules``."""
         for label, grid, module in self.modules(grids, spec):
             x = self.input(grid)
             pad = self._pads(x.shape[1], grid)
-            y = self.run(module, x, pad)
+            yield label, grid, module, x, pad, self.run(module, x, pad)
+
+    def check_padding(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        worst = 0.0
+        for label, grid, module, x, pad, y in self.padded_runs(grids, spec):
             if not torch.isfinite(y[pad]).all():
                 raise _Failed(float("nan"), "finite", f"{label}: non-finite outputs at real positions under padding")
             y2 = self.run(module, _perturbed(x, ~pad[..., None], self.gen), pad)
             dev = _rel_dev(y[pad], y2[pad], y[pad])
-            worst = max(worst, dev)
-            if dev > LEAK_RTOL:
-                raise _Failed(dev, f"<= {LEAK_RTOL:g}", f"{label}: changing padded positions changed real outputs by "
-                              f"{dev:.3e} (relative)")
-        self.report.figures["padding_leak"] = worst
-        self.report.record("padding", worst, f"<= {LEAK_RTOL:g}", True)
+            worst = max(worst, _at_most(dev, LEAK_RTOL, lambda: f"{label}: changing padded positions changed real "
+                                        f"outputs by {dev:.3e} (relative)"))
+        self.passed("padding", "padding_leak", worst, LEAK_RTOL)
 
     def check_truncation(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
         worst = 0.0
-        for label, grid, module in self.modules(grids, spec):
-            x = self.input(grid)
-            pad = self._pads(x.shape[1], grid)
-            y = self.run(module, x, pad)
+        for label, grid, module, x, pad, y in self.padded_runs(grids, spec):
             for b in range(min(self.batch, 2)):
                 real = pad[b].nonzero().flatten()
                 short = self._truncated_module(module, grid, len(real), label.startswith("causal"))
                 y_short = self.run(short, x[b:b + 1, real])
                 dev = _rel_dev(y[b, real], y_short[0], y_short)
-                worst = max(worst, dev)
-                if dev > TRUNCATION_RTOL:
-                    side = "right" if b == 0 else "left"
-                    raise _Failed(dev, f"<= {TRUNCATION_RTOL:g}", f"{label}: with {side} padding the real outputs "
-                                  f"differ from the outputs of the sequence cut to its {len(real)} real tokens by "
-                                  f"{dev:.3e} (relative); they depend on how many pads there are")
-        self.report.figures["truncation"] = worst
-        self.report.record("truncation", worst, f"<= {TRUNCATION_RTOL:g}", True, "left and right padding")
+                side = "right" if b == 0 else "left"
+                worst = max(worst, _at_most(dev, TRUNCATION_RTOL, lambda: f"{label}: with {side} padding the real "
+                                            f"outputs differ from the outputs of the sequence cut to its {len(real)} "
+                                            f"real tokens by {dev:.3e} (relative); they depend on how many pads "
+                                            f"there are"))
+        self.passed("truncation", "truncation", worst, TRUNCATION_RTOL, "left and right padding")
 
     def _truncated_module(self, module: nn.Module, grid: tuple[int, int], length: int, causal: bool) -> nn.Module:
         """The same mixer for the shorter sequence: itself for 1D mixers, rebuilt on the shorter grid
@@ -428,23 +440,16 @@ class _Checker:
 
     def check_kv_cache(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
         worst = 0.0
-        for grid in grids:
-            module = self.build(grid, causal=True)
-            t = grid[0] * grid[1]
-            x = self.input(grid)
-            full = self.run(module, x)
+        for t, module, x, full in self.causal_runs(grids):
             for cuts in ([0, t // 2, t // 2 + 1, t], [0, 1, 2, t // 3, t]):
                 cache: dict[str, torch.Tensor] = {}
                 with torch.no_grad():
                     steps = [module.forward_cached(x[:, a:b], cache) for a, b in zip(cuts, cuts[1:])]
                 collect_aux(module)
                 dev = _rel_dev(full, torch.cat(steps, 1), full)
-                worst = max(worst, dev)
-                if dev > TRUNCATION_RTOL:
-                    raise _Failed(dev, f"<= {TRUNCATION_RTOL:g}", f"T={t}: forward_cached in chunks {cuts} differs "
-                                  f"from forward by {dev:.3e} (relative)")
-        self.report.figures["kv_cache"] = worst
-        self.report.record("kv_cache", worst, f"<= {TRUNCATION_RTOL:g}", True)
+                worst = max(worst, _at_most(dev, TRUNCATION_RTOL, lambda: f"T={t}: forward_cached in chunks {cuts} "
+                                            f"differs from forward by {dev:.3e} (relative)"))
+        self.passed("kv_cache", "kv_cache", worst, TRUNCATION_RTOL)
 
 
 @contextmanager

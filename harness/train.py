@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.devices import resolve_device
+from harness.devices import available_cores, resolve_device
 from harness.nn.aux import collect_aux, mean_stats_by_name
 from harness.suite import TrainSection
 
@@ -34,12 +34,22 @@ class TrainOutcome:
     samples_per_s: float = 0.0
     train_time_s: float = 0.0
     loop_overhead: float = 0.0                        # share of a training iteration outside the model step
+    decayed_params: int = 0                           # scalar parameters under weight decay
 
 
 def autocast_for(device: torch.device, amp: bool) -> Callable[[], Any]:
     if device.type == "cuda" and amp:
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def effective_train(train: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``train`` settings as it applies them, for logs: ``amp`` only where autocast acts
+    (CUDA; False on CPU), ``threads`` resolved to a count (None = ``available_cores()``)."""
+    device = train.get("device", "auto")
+    on_cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
+    return {**train, "amp": bool(train.get("amp", True)) and on_cuda,
+            "threads": train.get("threads") or available_cores()}
 
 
 def lr_lambda(steps: int, warmup: float) -> Callable[[int], float]:
@@ -54,13 +64,67 @@ def lr_lambda(steps: int, warmup: float) -> Callable[[int], float]:
     return f
 
 
+SMALL_PARAM_NUMEL = 64   # at most this many elements: a small mixing matrix (2x2 ... 8x8), never decayed
+
+
+def no_decay_ids(model: nn.Module) -> set[int]:
+    """The parameters that modules declare no-decay, by ``id``.
+
+    The declaration is timm's convention: a module method ``no_weight_decay()`` returning names of
+    the module's own parameters, as ``named_parameters()`` of that module spells them (``"qk_scale"``,
+    ``"gate.weight"``). Every module in the model may declare, not only the top one, so a mixer
+    marks its own gains wherever a backbone places it. A name that is not a parameter of the module
+    is an error (a typo must not silently decay a gain).
+    """
+    ids: set[int] = set()
+    for module in model.modules():
+        declare = getattr(module, "no_weight_decay", None)
+        if not callable(declare):
+            continue
+        own = dict(module.named_parameters())
+        for name in declare():
+            if name not in own:
+                raise ValueError(f"{type(module).__name__}.no_weight_decay() names {name!r}, which is not one of "
+                                 f"its parameters ({', '.join(own) or 'none'})")
+            ids.add(id(own[name]))
+    return ids
+
+
+def decayed_by_default(p: torch.Tensor) -> bool:
+    """The default rule: decay a weight matrix, nothing else.
+
+    A parameter is a weight matrix when, after dropping size-1 axes, it still has >= 2 axes AND
+    more than ``SMALL_PARAM_NUMEL`` elements, and it is not flagged ``_harness_embedding``. So
+    biases, norms, gains and per-head scales shaped (H, 1, 1) or (1, 1, D), the cls token,
+    learned positions and small mixing matrices such as an identity-initialised 2x2 keep weight
+    decay off; a (32, 32) projection, as in suites/smoke.toml, has 1,024 elements.
+    """
+    axes = sum(1 for size in p.shape if size > 1)
+    return axes >= 2 and p.numel() > SMALL_PARAM_NUMEL and not getattr(p, "_harness_embedding", False)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only: norms, biases, gains and positions keep weight decay off (nanoGPT)."""
+    """AdamW groups: weight decay on weight matrices only (``decayed_by_default``), minus every
+    parameter a module declares no-decay through ``no_weight_decay()`` (``no_decay_ids``).
+
+    Decay pulls a parameter to 0: right for a projection, wrong for a gain, scale or mixer that
+    starts at 1 or at the identity, which the softmax baseline (norms and biases only) never has.
+    A mixer whose gains the default rule does not catch declares them, e.g.::
+
+        def no_weight_decay(self) -> set[str]:
+            return {"qk_scale", "v_scale"}
+    """
+    declared = no_decay_ids(model)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 and not getattr(p, "_harness_embedding", False) else no_decay).append(p)
+            (decay if decayed_by_default(p) and id(p) not in declared else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def decayed_count(groups: list[dict[str, Any]]) -> int:
+    """Scalar parameters under weight decay (a group with weight_decay > 0)."""
+    return sum(p.numel() for g in groups if g["weight_decay"] > 0 for p in g["params"])
 
 
 def _to(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -107,7 +171,8 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
     device = resolve_device(cfg.device)
     model.to(device)
     autocast = autocast_for(device, cfg.amp)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=ADAM_BETAS)
+    groups = param_groups(model, cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup))
     batches = iter(task.batches("train", cfg.batch_size, seed=seed))
     history: list[dict[str, float]] = []
@@ -156,4 +221,4 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
     final = {**evaluate("val"), **evaluate("test")}
     log(final, cfg.steps)
     return TrainOutcome(metrics=final, history=history, samples_per_s=timer.samples_per_s, train_time_s=wall,
-                        loop_overhead=timer.overhead)
+                        loop_overhead=timer.overhead, decayed_params=decayed_count(groups))

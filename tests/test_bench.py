@@ -151,3 +151,22 @@ def test_cli_logs_to_mlflow(tmp_path, monkeypatch):
     run = client.search_runs([client.get_experiment_by_name("bench").experiment_id])[0]
     assert run.data.params["mixers"] == "softmax"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"bench.csv", "bench.png"}
+
+
+def test_plot_has_p20_p80_bands_and_plain_tick_labels():
+    import pandas as pd
+    from matplotlib.collections import PolyCollection
+
+    rows = [{"mixer": m, "T": t, "status": "ok", "fwd_bwd_ms": base * t / 64,
+             "fwd_bwd_ms_p20": 0.9 * base * t / 64, "fwd_bwd_ms_p80": 1.2 * base * t / 64}
+            for m, base in (("softmax", 0.5), ("other", 2.0)) for t in (64, 128, 256, 512)]
+    fig = bench.bench_figure(pd.DataFrame(rows), "fwd_bwd_ms", "title")
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2                                  # one p20-p80 band per mixer
+    top = bands[0].get_paths()[0].vertices[:, 1].max()
+    assert top == pytest.approx(1.2 * 0.5 * 512 / 64)      # the band reaches softmax's p80 at T=512
+    fig.canvas.draw()
+    labels = [t.get_text() for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels() if t.get_text()]
+    assert labels and not any("10^" in label or "$" in label for label in labels)
+    assert {"64", "512", "1", "10"} <= set(labels)          # plain numbers on both axes

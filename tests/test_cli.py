@@ -27,9 +27,19 @@ def test_list_table_kinds():
         assert out.exit_code == 0, out.output
 
 
+def test_list_tables_show_descriptions_cut_to_fit_and_say_when_empty():
+    out = CliRunner().invoke(cli, ["list", "models"])
+    assert out.exit_code == 0 and "vision transformer: patch embed" in out.output
+    assert max(map(len, out.output.splitlines())) <= 120
+    out = CliRunner().invoke(cli, ["list", "mixers"])  # rich markup in a description is text: [q1,q2] stays
+    assert "MoP mode C: [q1,q2]" in out.output and "…" in out.output
+    out = CliRunner().invoke(cli, ["list", "components"])
+    assert out.exit_code == 0 and out.output == "no components registered\n"
+
+
 def test_help_and_list_do_not_import_torch_or_mlflow():
     code = ("import sys; from harness.cli import main\n"
-            "for args in (['--help'], ['list'], ['list', 'plugins']):\n"
+            "for args in (['--help'], ['list'], ['list', 'plugins'], ['list', 'models'], ['validate', '--help']):\n"
             "    try: main(args)\n"
             "    except SystemExit: pass\n"
             "heavy = [m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules]\n"

@@ -183,3 +183,55 @@ def test_cuda_timing_memory_and_peak():
     assert mem.delta_mb >= 31
     peak, estimated = profiling.device_peak_flops("cuda", torch.bfloat16)
     assert estimated and (peak is None or peak > 1e12)
+
+
+def test_contention_rule_counts_only_load_beyond_the_free_cores():
+    from harness.devices import is_contended
+
+    assert not is_contended(0.1, threads=2, cores=2)   # daemons and tick rounding
+    assert is_contended(1.0, threads=2, cores=2)       # another process took a core from the run
+    assert not is_contended(1.0, threads=1, cores=2)   # it used the core the run left free
+    assert is_contended(1.5, threads=1, cores=2)
+
+
+def test_core_contention_subtracts_this_process_own_use(monkeypatch):
+    from harness import devices
+
+    clock = iter([0.0, 2.0])
+    busy = iter([100.0, 104.0])    # our cores were busy 4 core-seconds over 2 s, by anyone ...
+    own = iter([10.0, 13.0])       # ... 3 of them ours: others kept 0.5 core busy
+    monkeypatch.setattr(devices.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(devices, "_busy_core_seconds", lambda cpus: next(busy))
+    monkeypatch.setattr(devices, "_own_cpu_seconds", lambda: next(own))
+    monkeypatch.setattr(devices, "_affinity", lambda: {0, 1})
+    with devices.CoreContention(threads=2) as load:
+        pass
+    assert load.other_busy_cores == pytest.approx(0.5) and load.contended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat per-core times")
+def test_core_contention_sees_processes_spinning_on_our_cores():
+    from harness.devices import CoreContention, available_cores
+
+    cores = available_cores()
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)  # interpreters started
+        with CoreContention(threads=cores) as load:
+            time.sleep(1.0)
+    finally:
+        for p in spinners:
+            p.wait()
+    assert load.other_busy_cores > 0.5 and load.contended
+
+
+def test_torch_threads_sets_and_restores():
+    from harness.devices import available_cores, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None) as n:
+        assert n == available_cores()

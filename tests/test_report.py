@@ -203,7 +203,10 @@ def test_print_summary_table_footnote_and_failures():
         assert variant in text
     assert "mop†" in text and "per-variant overrides" in text and "train.lr" in text
     assert "0.8200 ± 0.0200" in text and "±0.0497" in text and "ref" in text
-    assert "+0.0300 (p=0.035)" in text and "+0.0150 (p=0.205 n=2)" in text
+    # Holm over the two comparisons: 2 * 0.035 = 0.070, then max(0.070, 1 * 0.205) = 0.205
+    assert "+0.0300 (p=0.035, Holm p=0.070)" in text and "+0.0150 (p=0.205, Holm p=0.205, n=2)" in text
+    assert "FLOPs/token" in text and "1.50M" in text          # the cost is in the console's table too
+    assert "2/3, 1 failed" in text
     assert "token_mixer seed 1 (failed): RuntimeError: loss is NaN at step 40" in text
 
 
@@ -211,7 +214,7 @@ def test_write_reports_creates_all_files(tmp_path):
     written = report.write_reports(make_results(), tmp_path / "out", metric=METRIC, higher_is_better=True,
                                    reference="softmax", title="demo")
     assert set(written) == {"results.csv", "summary.csv", "results.md", "learning_curves.png",
-                            "metric_vs_params.png"}
+                            "metric_vs_cost.png"}
     for path in written.values():
         assert path.is_file() and path.stat().st_size > 0
     assert written["learning_curves.png"].read_bytes()[:4] == b"\x89PNG"
@@ -231,16 +234,43 @@ def test_write_reports_creates_all_files(tmp_path):
 
 def test_write_reports_skips_plots_without_data(tmp_path):
     report.write_reports(make_results(), tmp_path, metric=METRIC, reference="softmax", title="demo")
-    assert (tmp_path / "learning_curves.png").exists()
-    results = [make_result("softmax", 0, None), make_result("mop", 0, None)]   # all failed
+    assert (tmp_path / "learning_curves.png").exists() and (tmp_path / "metric_vs_cost.png").exists()
+    (tmp_path / "metric_vs_params.png").write_bytes(b"an older report's plot")
+    results = make_results()      # the same runs, but no curves and no run has the metric reported
     for r in results:
         r.history = []
-    written = report.write_reports(results, tmp_path, metric=METRIC, higher_is_better=True,
+    written = report.write_reports(results, tmp_path, metric="test/f1", higher_is_better=True,
                                    reference=None, title="demo")
     assert set(written) == {"results.csv", "summary.csv", "results.md"}
     assert not (tmp_path / "learning_curves.png").exists()      # the earlier plot is not left behind
-    assert not (tmp_path / "metric_vs_params.png").exists()
+    assert not (tmp_path / "metric_vs_cost.png").exists()
+    assert not (tmp_path / "metric_vs_params.png").exists()     # nor the plot this one replaced
     assert "RuntimeError" in written["results.md"].read_text()
+
+
+def test_write_report_never_shrinks_a_folder(tmp_path):
+    results = make_results()
+    report.write_reports(results, tmp_path, metric=METRIC, reference="softmax", title="demo")
+    before = (tmp_path / "results.md").read_text()
+    one_variant = [r for r in results if r.run.variant == "softmax"]
+    with pytest.raises(report.ReportError) as err:
+        report.write_reports(one_variant, tmp_path, metric=METRIC, title="demo")
+    message = str(err.value)
+    assert "\n" not in message and "--out" in message and str(tmp_path) in message
+    assert "mop/seed0" in message and "and 2 more" in message
+    assert (tmp_path / "results.md").read_text() == before        # nothing was written
+    # a run that finished there and only failed in the report also counts as lacking
+    worse = [make_result("softmax", 0, None) if r.run.key == "softmax/seed0" else r for r in results]
+    with pytest.raises(report.ReportError, match=r"\(softmax/seed0\)"):
+        report.write_reports(worse, tmp_path, metric=METRIC, title="demo")
+    # runs.jsonl counts too: a folder a suite ran in keeps its runs
+    fresh = tmp_path / "suite"
+    fresh.mkdir()
+    write_jsonl(fresh / "runs.jsonl", results)
+    with pytest.raises(report.ReportError, match="token_mixer/seed0"):
+        report.write_reports(one_variant, fresh, metric=METRIC, title="demo")
+    written = report.write_reports(results + [make_result("extra", 0, 0.5)], fresh, metric=METRIC, title="demo")
+    assert "results.md" in written                                # a more complete report may replace it
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -269,16 +299,36 @@ def test_skipped_counts_as_finished(tmp_path):
     assert s.loc["softmax", "n_finished"] == 3 and s.loc["softmax", "mean"] == pytest.approx(0.82)
 
 
-def test_corrupt_line_names_file_and_line(tmp_path):
+def test_corrupt_lines_are_skipped_with_one_warning(tmp_path):
+    # a crash cuts the last line short: report reads on, as resume does, and says what it skipped
     path = tmp_path / "runs.jsonl"
-    write_jsonl(path, make_results()[:2])
+    results = make_results()
+    write_jsonl(path, results[:2])
     with open(path, "a") as fh:
-        fh.write('{"run": {"suite": "demo", "varia\n')
-    with pytest.raises(report.ReportError, match=r"runs\.jsonl:3: not valid JSON"):
+        fh.write(json.dumps({"status": "finished"}) + "\n")       # line 3: no run
+        fh.write(json.dumps(dataclasses.asdict(results[2])) + "\n")
+        fh.write('{"run": {"suite": "demo", "varia')              # line 5: cut short
+    seen = []
+    assert report.load_results_dir(tmp_path, on_warning=seen.append) == results[:3]
+    assert len(seen) == 1 and "\n" not in seen[0]
+    assert str(path) in seen[0] and "skipped lines 3, 5" in seen[0]
+    with pytest.warns(UserWarning, match="skipped lines 3, 5"):
         report.load_results_dir(tmp_path)
-    path.write_text(json.dumps({"status": "finished"}) + "\n")
-    with pytest.raises(report.ReportError, match=r"runs\.jsonl:1: not a run result"):
-        report.load_results_dir(tmp_path)
+
+
+def test_report_command_reads_a_cut_runs_jsonl(tmp_path):
+    from click.testing import CliRunner
+
+    write_jsonl(tmp_path / "runs.jsonl", make_results())
+    with open(tmp_path / "runs.jsonl", "a") as fh:
+        fh.write('{"run": {"suite": "demo", "varia')
+    res = CliRunner().invoke(report_command, [str(tmp_path), "--metric", METRIC], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    warnings_ = [line for line in res.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1
+    assert warnings_[0].startswith(f"warning: {tmp_path / 'runs.jsonl'}: skipped line 10, not a run result "
+                                   f"(line 10: not valid JSON (")
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 9
 
 
 def test_missing_runs_file(tmp_path):
@@ -286,17 +336,19 @@ def test_missing_runs_file(tmp_path):
         report.load_results_dir(tmp_path)
 
 
-def _log_child(client, exp_id, parent_id, result: RunResult, start_time: int):
+def _log_child(client, exp_id, parent_id, result: RunResult, start_time: int, *, end=True, **extra_tags):
+    """A child run as the tracker logs it; ``end=False`` leaves it RUNNING (a killed process)."""
     from mlflow.entities import Metric
 
     tags = {"mlflow.parentRunId": parent_id, "harness.role": "run", "harness.suite": "demo",
             "harness.variant": result.run.variant, "harness.seed": str(result.run.seed),
-            "harness.mixer": result.run.mixer, "harness.status": result.status,
-            "harness.overrides": ",".join(result.run.overrides)}
+            "harness.mixer": result.run.mixer, "harness.overrides": ",".join(result.run.overrides),
+            **({"harness.status": result.status} if end else {}), **extra_tags}
     if result.error:
         tags["harness.error"] = result.error
     child = client.create_run(exp_id, start_time=start_time, tags=tags,
                               run_name=result.run.key)
+    client.log_param(child.info.run_id, "budget.knob", "mlp_ratio")
     # history first (timestamps follow the steps), then final metrics logged afterwards at step 0,
     # "val/accuracy" both as history and as a final value
     metrics = [Metric(k, float(v), start_time + int(p["step"]), int(p["step"]))
@@ -305,11 +357,73 @@ def _log_child(client, exp_id, parent_id, result: RunResult, start_time: int):
                 for k, v in {**result.metrics, **result.efficiency}.items()]
     if metrics:
         client.log_batch(child.info.run_id, metrics=metrics)
-    client.set_terminated(child.info.run_id, "FAILED" if result.status == "failed" else "FINISHED")
+    if end:
+        status = {"failed": "FAILED", "killed": "KILLED"}.get(result.status, "FINISHED")
+        client.set_terminated(child.info.run_id, status)
     return child.info.run_id
 
 
-def test_load_results_mlflow_round_trip_and_cli(tmp_path, monkeypatch):
+def _parent(client, exp_id, start_time, reference, **params):
+    parent = client.create_run(exp_id, start_time=start_time, tags={
+        "harness.role": "parent", "harness.metric": METRIC, "harness.reference": reference,
+        "harness.higher_is_better": "true"})
+    for key, value in params.items():
+        client.log_param(parent.info.run_id, key, value)
+    return parent.info.run_id
+
+
+def test_load_results_mlflow_round_trip(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
+    parent = _parent(client, exp_id, 2_000, "mop", runs=5)       # one planned run has no child run
+    expected = [make_result("softmax", 0, 0.80), make_result("softmax", 1, 0.82),
+                make_result("mop", 0, 0.83, overrides=("train.lr", "model.depth")),
+                make_result("mop", 1, None)]
+    ids = [_log_child(client, exp_id, parent, r, 2_001 + i) for i, r in enumerate(expected)]
+
+    results, info = report.load_results_mlflow("demo", tracking_uri=uri, parent_run_id=parent)
+    assert info["metric"] == METRIC and info["reference"] == "mop" and info["higher_is_better"] is True
+    assert info["parent_run_id"] == parent and info["missing"] == 1
+    assert [r.run.key for r in results] == [r.run.key for r in expected]
+    for got, want, run_id in zip(results, expected, ids):
+        assert got.run_id == run_id and got.status == want.status
+        assert got.run.mixer == want.run.mixer and got.run.overrides == want.run.overrides
+        assert got.run.metric == METRIC and got.error == want.error
+        assert got.run.budget == {"knob": "mlp_ratio"}
+        assert got.efficiency == pytest.approx(want.efficiency)
+        for key, value in want.metrics.items():
+            assert got.metrics[key] == pytest.approx(value)
+        assert [p["step"] for p in got.history] == [p["step"] for p in want.history]
+        for g, w in zip(got.history, want.history):
+            assert g == pytest.approx(w)
+    with pytest.raises(report.ReportError, match="no MLflow experiment 'nope'.*experiments: .*demo"):
+        report.load_results_mlflow("nope", tracking_uri=uri)
+
+
+def _two_invocations(client, exp_id):
+    """A full first invocation; then `-v softmax,mop,token_mixer` again, killed hard (its parent
+    and one child left RUNNING), with a re-used result and a run killed after it had finished."""
+    first = _parent(client, exp_id, 1_000, "softmax", runs=6, **{"suite.seeds": "[0, 1, 2]"})
+    old = {}
+    for i, (variant, seed) in enumerate([(v, s) for v in ("softmax", "mop") for s in (0, 1, 2)]):
+        result = make_result(variant, seed, ACC[variant][seed])
+        old[result.run.key] = _log_child(client, exp_id, first, result, 1_001 + i)
+    client.set_terminated(first, "FINISHED")
+    second = _parent(client, exp_id, 2_000, "softmax", runs=4, **{"suite.seeds": "[0, 1, 2]"})
+    _log_child(client, exp_id, second, make_result("softmax", 0, 0.90), 2_001)
+    _log_child(client, exp_id, second, dataclasses.replace(make_result("softmax", 1, 0.82), status="skipped",
+                                                           history=[]),
+               2_002, **{"harness.reused_run_id": old["softmax/seed1"]})
+    _log_child(client, exp_id, second, make_result("mop", 2, None, status="killed"), 2_003)
+    _log_child(client, exp_id, second, make_result("token_mixer", 0, 0.5), 2_004, end=False)
+    return first, second, old
+
+
+def test_report_of_an_experiment_merges_every_invocation(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
@@ -319,53 +433,63 @@ def test_load_results_mlflow_round_trip_and_cli(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
-
-    # an older invocation that must not be picked up by default
-    old = client.create_run(exp_id, start_time=1_000, tags={"harness.role": "parent",
-                            "harness.metric": METRIC, "harness.reference": "softmax",
-                            "harness.higher_is_better": "true"})
-    _log_child(client, exp_id, old.info.run_id, make_result("softmax", 9, 0.5), 1_001)
-
-    parent = client.create_run(exp_id, start_time=2_000, tags={"harness.role": "parent",
-                               "harness.metric": METRIC, "harness.reference": "mop",
-                               "harness.higher_is_better": "true"})
-    client.log_param(parent.info.run_id, "runs", 5)      # one planned run has no child run
-    expected = [make_result("softmax", 0, 0.80), make_result("softmax", 1, 0.82),
-                make_result("mop", 0, 0.83, overrides=("train.lr", "model.depth")),
-                make_result("mop", 1, None)]
-    ids = [_log_child(client, exp_id, parent.info.run_id, r, 2_001 + i) for i, r in enumerate(expected)]
+    first, second, old = _two_invocations(client, exp_id)
 
     results, info = report.load_results_mlflow("demo", tracking_uri=uri)
-    assert info["metric"] == METRIC and info["reference"] == "mop" and info["higher_is_better"] is True
-    assert info["parent_run_id"] == parent.info.run_id and info["missing"] == 1
-    assert [r.run.key for r in results] == [r.run.key for r in expected]
-    for got, want, run_id in zip(results, expected, ids):
-        assert got.run_id == run_id and got.status == want.status
-        assert got.run.mixer == want.run.mixer and got.run.overrides == want.run.overrides
-        assert got.run.metric == METRIC and got.error == want.error
-        assert got.efficiency == pytest.approx(want.efficiency)
-        for key, value in want.metrics.items():
-            assert got.metrics[key] == pytest.approx(value)
-        assert [p["step"] for p in got.history] == [p["step"] for p in want.history]
-        for g, w in zip(got.history, want.history):
-            assert g == pytest.approx(w)
-
-    old_results, _ = report.load_results_mlflow("demo", tracking_uri=uri, parent_run_id=old.info.run_id)
-    assert [r.run.key for r in old_results] == ["softmax/seed9"]
-
-    with pytest.raises(report.ReportError, match="no MLflow experiment 'nope'.*experiments: .*demo"):
-        report.load_results_mlflow("nope", tracking_uri=uri)
+    assert [p["run_id"] for p in info["parents"]] == [first, second]
+    assert [p["status"] for p in info["parents"]] == ["FINISHED", "RUNNING"]
+    assert info["planned_seeds"] == [0, 1, 2] and info["missing"] == 0
+    by_key = {r.run.key: r for r in results}
+    assert sorted(by_key) == sorted(["softmax/seed0", "softmax/seed1", "softmax/seed2", "mop/seed0",
+                                     "mop/seed1", "mop/seed2", "token_mixer/seed0"])
+    assert by_key["softmax/seed0"].metrics[METRIC] == pytest.approx(0.90)        # the latest finished
+    assert by_key["mop/seed2"].status == "finished"                              # not the later kill
+    assert by_key["mop/seed2"].run_id == old["mop/seed2"]
+    # the re-used result stands for the run that produced it, learning curves included
+    assert by_key["softmax/seed1"].run_id == old["softmax/seed1"] and by_key["softmax/seed1"].history
+    assert by_key["token_mixer/seed0"].status == "running"
 
     runner = CliRunner()
-    res = runner.invoke(report_command, ["demo", "--tracking-uri", uri])
+    res = runner.invoke(report_command, ["demo", "--tracking-uri", uri], terminal_width=220)
     assert res.exit_code == 0, res.output
-    assert "softmax" in res.output and "ref" in res.output
-    assert "warning: 1 planned run(s) have no child run" in res.output
-    assert (tmp_path / "results" / "demo" / "results.md").is_file()
+    line = next(l for l in res.output.splitlines() if l.startswith("read 2 MLflow parent runs of 'demo'"))
+    assert line.index(first) < line.index(second) and "(FINISHED)" in line and "(RUNNING)" in line
+    summary = pd.read_csv(tmp_path / "results" / "demo" / "summary.csv").set_index("variant")
+    assert list(summary.index) == ["softmax", "mop", "token_mixer"]
+    assert summary.loc["mop", "n_finished"] == 3 and summary.loc["mop", "n_killed"] == 0
+    assert "0/3, 1 running, 2 not run" in res.output
 
-    res = runner.invoke(report_command, ["nope", "--tracking-uri", uri])
+    # one invocation on its own: that parent's children only, into a folder of its own
+    res = runner.invoke(report_command, ["demo", "--tracking-uri", uri, "--parent-run", second],
+                        terminal_width=220)
+    assert res.exit_code == 0, res.output
+    own = tmp_path / "results" / f"demo-{second[:8]}"
+    per_run = pd.read_csv(own / "results.csv")
+    assert sorted(zip(per_run["variant"], per_run["status"])) == [
+        ("mop", "killed"), ("softmax", "finished"), ("softmax", "skipped"), ("token_mixer", "running")]
+    assert "0/3, 1 killed, 2 not run" in res.output and "2/3, 1 not run" in res.output
+    # never over the more complete report of the experiment
+    res = runner.invoke(report_command, ["demo", "--tracking-uri", uri, "--parent-run", second,
+                                         "--out", str(tmp_path / "results" / "demo")], terminal_width=220)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    error = res.output.strip().splitlines()[-1]
+    assert error.startswith("Error: not overwriting") and "--out" in error
+    assert len(pd.read_csv(tmp_path / "results" / "demo" / "results.csv")) == 7
+
+
+def test_report_command_on_mlflow_errors(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
+    res = CliRunner().invoke(report_command, ["nope", "--tracking-uri", uri])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "no MLflow experiment 'nope'" in res.output and "demo" in res.output
+    res = CliRunner().invoke(report_command, ["demo", "--tracking-uri", uri])
+    assert res.exit_code == 1 and "has no harness parent run" in res.output
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -382,7 +506,7 @@ def test_report_command_on_dir(tmp_path):
     for variant in ACC:
         assert variant in res.output
     assert "RuntimeError: loss is NaN" in res.output
-    for name in ("results.csv", "summary.csv", "results.md", "learning_curves.png", "metric_vs_params.png"):
+    for name in ("results.csv", "summary.csv", "results.md", "learning_curves.png", "metric_vs_cost.png"):
         assert (tmp_path / name).is_file(), name
 
     out = tmp_path / "elsewhere"

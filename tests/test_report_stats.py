@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from harness.report.stats import ci95_half_width, is_finite, mean_std, paired_t_test  # noqa: E402
+from harness.report.stats import ci95_half_width, holm_adjust, is_finite, mean_std, paired_t_test  # noqa: E402
 
 T975_DF2 = 4.302652729749464      # Student-t 0.975 quantile, 2 degrees of freedom (tables: 4.303)
 T975_DF3 = 3.182446305284263      # 3 degrees of freedom (tables: 3.182)
@@ -92,3 +92,17 @@ def test_import_needs_no_pandas():
     code = "import sys, harness.report.stats; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_holm_adjust_by_hand():
+    # m = 4 finite p-values, sorted: 0.005, 0.01, 0.03, 0.04
+    # -> 4 * 0.005 = 0.02; 3 * 0.01 = 0.03; 2 * 0.03 = 0.06; 1 * 0.04 = 0.04, kept at 0.06 (running max)
+    adjusted = holm_adjust([0.01, 0.04, 0.03, math.nan, 0.005])
+    assert adjusted[:3] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06)]
+    assert math.isnan(adjusted[3]) and adjusted[4] == pytest.approx(0.02)
+    # capped at 1: 2 * 0.6 = 1.2 -> 1; then max(1, 0.7) = 1
+    assert holm_adjust([0.7, 0.6]) == [1.0, 1.0]
+    # one test: nothing to adjust; none: nothing at all
+    assert holm_adjust([0.2]) == [pytest.approx(0.2)]
+    assert holm_adjust([]) == []
+    assert all(math.isnan(p) for p in holm_adjust([math.nan, None]))

@@ -1,11 +1,19 @@
 """End-to-end runs of tiny suites: results, resume, failures, Ctrl-C, MLflow layout, determinism."""
+import io
 import json
+import signal
+import subprocess
+import time
 
 import pytest
+import torch
 
 from harness import MixerSpec, hookimpl, tracking
+from harness.devices import available_cores
 from harness.nn.softmax import SoftmaxAttention
-from harness.runner import run_suite
+from harness.plan import plan_suite
+from harness.profiling import current_rss_mb
+from harness.runner import SuiteInterrupted, run_suite
 from harness.suite import load_suite
 from harness.testing import temporary_plugin
 
@@ -32,6 +40,11 @@ def test_run_writes_results_and_resumes(in_tmp, capsys):
     r = results[0]
     assert 0.0 <= r.metrics["test/accuracy"] <= 1.0 and "val/loss" in r.metrics
     assert abs(r.efficiency["param_gap"]) <= 0.02 and r.efficiency["flops_per_token"] > 0
+    assert r.efficiency["knob_value"] == plan_suite(suite(in_tmp))["softmax"].model_config["mlp_ratio"]
+    assert r.efficiency["contended"] in (0.0, 1.0) and r.efficiency["threads"] == available_cores()
+    assert 0 < r.efficiency["decayed_params"] < r.efficiency["params"]
+    # what the training allocated, not the process (torch, mlflow, pandas: hundreds of MB)
+    assert 0 < r.efficiency["peak_mem_mb"] < current_rss_mb() / 4
     lines = open("results/smoke/runs.jsonl").read().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["run"]["variant"] == "softmax"
     again = run_suite(suite(in_tmp))
@@ -108,6 +121,14 @@ def test_mlflow_parent_and_children(in_tmp):
         assert children[col].notna().all(), col
     history = mlflow.MlflowClient().get_metric_history(children.run_id.iloc[0], "train/loss")
     assert [m.step for m in history] == [4, 8, 12]
+    for name in ("test/accuracy", "params", "samples_per_s"):  # final figures at the last step, never at 0
+        assert [m.step for m in mlflow.MlflowClient().get_metric_history(children.run_id.iloc[0], name)] == [12]
+    assert set(children["params.budget.knob_value"]) == {str(v) for v in children["metrics.knob_value"]}
+    assert set(children["params.train.amp"]) == {"False"}            # autocast does nothing on a CPU
+    assert set(children["params.train.threads"]) == {str(available_cores())}
+    assert set(children["tags.harness.contended"]) <= {"true", "false"}
+    params = [c for c in runs.columns if c.startswith("params.")]
+    assert not (runs[params] == "None").any().any()                  # unset keys are not logged
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents.run_id.iloc[0])}
     assert {"results.csv", "results.md", "suite.json"} <= artifacts
 
@@ -120,3 +141,128 @@ def test_profiled_run_records_trace_table_and_mfu(in_tmp):
     assert json.load(open(r.artifacts["trace"]))["traceEvents"]
     assert "aten::" in open(r.artifacts["table"]).read()
     assert r.efficiency["flops_per_step"] > 0 and 0 < r.efficiency["mfu"] < 1
+
+
+class ThreadProbe(SoftmaxAttention):
+    seen: set[int] = set()
+
+    def forward(self, x, pad=None):
+        ThreadProbe.seen.add(torch.get_num_threads())
+        return super().forward(x, pad)
+
+
+class ProbeMixers:
+    @hookimpl
+    def register_mixers(register):
+        register(MixerSpec("test.threads", ThreadProbe))
+
+
+def test_train_threads_set_for_the_run_and_recorded(in_tmp):
+    tracking.configure(enabled=False)
+    before = torch.get_num_threads()
+    with temporary_plugin(ProbeMixers, name="probemixers"):
+        results = run_suite(suite(in_tmp, "train.threads=1", "variants.softmax.mixer=test.threads"),
+                            variants=["softmax"])
+    assert ThreadProbe.seen == {1} and results[0].efficiency["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+def quiet():
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=200)
+
+
+def test_a_plugin_version_bump_re_runs_and_says_why(in_tmp, monkeypatch):
+    from harness import plugins
+
+    tracking.configure(enabled=False)
+    run_suite(suite(in_tmp), variants=["softmax"], console=quiet())
+    info = next(i for i in plugins.plugin_infos() if i.name == "harness.mixers")
+    monkeypatch.setattr(info, "version", info.version + ".post1")
+    console = quiet()
+    again = run_suite(suite(in_tmp), variants=["softmax"], console=console)
+    assert again[0].status == "finished"
+    assert ("re-run softmax/seed0: harness or plugin versions, or resolved options, changed since runs.jsonl's "
+            "result") in console.file.getvalue()
+
+
+def defaults_plugin(value):
+    class Plugin:
+        @hookimpl
+        def register_mixers(register):
+            register(MixerSpec("test.defaults", SoftmaxAttention, defaults={"dropout_like": value}))
+
+    return Plugin
+
+
+def test_config_hash_covers_the_mixer_registered_defaults(in_tmp):
+    hashes = []
+    for value in (0.0, 0.1):
+        with temporary_plugin(defaults_plugin(value), name="defaults"):
+            hashes.append(suite(in_tmp, "variants.softmax.mixer=test.defaults").runs()[0].config_hash)
+    assert hashes[0] != hashes[1]
+
+
+def cli_run(root, *args):
+    from click.testing import CliRunner
+
+    from harness.cli.run import run_command
+
+    sets = [a for item in FAST for a in ("--set", item)]
+    return CliRunner().invoke(run_command, [f"{root}/{SMOKE}", "--no-track", *sets, *args])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_exit_status_when_every_run_fails(in_tmp):
+    result = cli_run(in_tmp, "--set", "train.device=cuda")
+    assert result.exit_code == 4, result.output
+
+
+def test_exit_status_when_some_runs_fail(in_tmp):
+    with temporary_plugin(Mixers, name="testmixers"):
+        result = cli_run(in_tmp, "--set", "variants.softmax_narrow_mlp.mixer=test.nan")
+    assert result.exit_code == 3, result.output
+
+
+def test_interrupt_before_any_run_started_says_so(in_tmp, monkeypatch):
+    from harness import runner
+
+    def interrupted(suite):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "build_task", interrupted)
+    with pytest.raises(SuiteInterrupted) as info:
+        run_suite(suite(in_tmp))
+    assert info.value.killed is None and info.value.results == []
+    result = cli_run(in_tmp)
+    assert result.exit_code == 130
+    assert "interrupted before any run started; nothing to resume" in result.output
+    assert "killed" not in result.output
+
+
+def test_sigterm_marks_the_run_killed_keeps_the_finished_and_closes_mlflow(in_tmp, tmp_path, harness_cmd):
+    """A real process: the second run trains for ever until SIGTERM (what timeout sends)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [*harness_cmd, "run", f"{in_tmp}/{SMOKE}", "--tracking-uri", uri,
+           *[a for item in FAST for a in ("--set", item)], "--set", "variants.softmax_narrow_mlp.train.steps=10000000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "results" / "smoke" / "runs.jsonl"
+    deadline = time.time() + 300
+    while not (log.exists() and log.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # the second run is training
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["run"]["variant"], r["status"]) for r in records] == [("softmax", "finished"),
+                                                                    ("softmax_narrow_mlp", "killed")]
+    assert records[1]["error"] == "terminated (SIGTERM)"
+    assert "run softmax_narrow_mlp/seed0 is marked killed" in err
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    status = dict(zip(runs["tags.harness.variant"].fillna("parent"), runs["status"]))
+    assert status == {"parent": "KILLED", "softmax": "FINISHED", "softmax_narrow_mlp": "KILLED"}

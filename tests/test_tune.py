@@ -16,7 +16,7 @@ from harness.cli import cli
 from harness.nn.softmax import SoftmaxAttention
 from harness.suite import SuiteError, load_suite
 from harness.testing import temporary_plugin
-from harness.tune import TuneError, best_values, check_space, open_storage, parse_space, space_for
+from harness.tune import TuneError, best_values, check_space, open_storage, parse_space, space_for, write_best
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "suites" / "smoke.toml")
@@ -79,7 +79,9 @@ def test_tune_one_variant_journal_mlflow_and_best(in_tmp):
         assert "val/accuracy" in child.data.metrics
         assert not any(k.startswith("test/") for k in child.data.metrics)  # tuning never looks at test
 
-    best = json.loads((in_tmp / "results" / "smoke" / "best_params.json").read_text())["variants"]["softmax"]
+    best_file = in_tmp / "results" / "smoke" / "best_params.smoke.softmax.json"
+    assert f"Best params (one file per study, by storage): {best_file.relative_to(in_tmp)}." in out.output
+    best = json.loads(best_file.read_text())["storages"][str(journal)]
     assert best["best_trial"] == study.best_trial.number and best["metric"] == "val/accuracy"
 
     values = best_values(load_suite(SMOKE, FAST), str(journal), ["softmax"])
@@ -188,6 +190,24 @@ def test_best_without_a_study_is_a_clear_error(in_tmp):
     assert f"harness tune {SMOKE} -v softmax_narrow_mlp --storage {journal}" in out.output
     with pytest.raises(TuneError, match="no study 'smoke.softmax_narrow_mlp'"):
         best_values(load_suite(SMOKE), str(journal), ["softmax_narrow_mlp"])
+
+
+def test_best_params_files_per_study_keep_every_storage(in_tmp):
+    suite = load_suite(SMOKE)
+    entry = {"study": "smoke.softmax", "best_value": 0.5}
+    write_best(suite, "softmax", {**entry, "storage": "a.journal"})
+    path = write_best(suite, "softmax", {**entry, "storage": "sqlite:///b.db", "best_value": 0.7})
+    other = write_best(suite, "softmax", {**entry, "study": "mine/1", "storage": "a.journal"})
+    assert path.resolve() == in_tmp / "results" / "smoke" / "best_params.smoke.softmax.json"
+    assert other.name == "best_params.mine_1.json"
+    data = json.loads(path.read_text())
+    assert data["study"] == "smoke.softmax" and data["variant"] == "softmax"
+    assert {k: v["best_value"] for k, v in data["storages"].items()} == {"a.journal": 0.5, "sqlite:///b.db": 0.7}
+
+
+def test_trials_help_says_the_budget_is_cumulative():
+    out = invoke("tune", "--help")
+    assert "Cumulative: a study's budget only grows" in " ".join(out.output.split())
 
 
 def test_storage_urls(in_tmp):

@@ -10,10 +10,15 @@ SET_HELP = "Override a suite key, e.g. --set train.steps=100 (repeatable)."
 TRACKING_URI_HELP = "MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]."
 
 
-def exit_with_problems(path: str, problems: list[str]) -> NoReturn:
+def print_problems(path: str, problems: list[str]) -> None:
+    """Each problem after the suite's path (problems name their TOML key, never the file), then the count."""
     for line in problems:
         click.echo(f"{path}: {line}", err=True)
     click.echo(f"{len(problems)} problem(s); nothing was run.", err=True)
+
+
+def exit_with_problems(path: str, problems: list[str]) -> NoReturn:
+    print_problems(path, problems)
     sys.exit(1)
 
 

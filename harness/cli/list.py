@@ -9,8 +9,11 @@ import click
 
 KINDS = ("mixers", "models", "tasks", "metrics", "components", "plugins")
 HEADERS = {"causal_ok": "causal", "padding_ok": "padding", "needs_grid": "grid", "fixed_len": "fixed T",
-           "kv_cache": "kv cache", "higher_is_better": "higher better", "needs_padding": "pads"}
-HIDDEN = ("description", "default", "module", "defaults")  # in --json; too wide for a table
+           "kv_cache": "kv cache", "higher_is_better": "higher better", "needs_padding": "pads",
+           "surrogate_gradients": "surrogate grad"}
+HIDDEN = ("default", "module", "defaults")  # in --json; too wide for a table
+FITTED = ("description", "error")  # cut to the width that is left, one line per row
+MIN_FITTED = 30  # a fitted column's least width: the console widens before it cuts more
 
 
 def _kind_columns(kind: str, spec: Any) -> dict[str, Any]:
@@ -47,11 +50,34 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _table(kind: str, found: list[dict[str, Any]], width: int) -> tuple[Any, int]:
+    """The rows as a rich table about ``width`` wide (wider when the whole columns need it) and that
+    width: every column whole, the FITTED ones sharing what is left."""
+    from rich.table import Table
+    from rich.text import Text
+
+    columns = [c for c in found[0] if c not in HIDDEN and c not in FITTED] + [c for c in FITTED if c in found[0]]
+    cells = [[_cell(row.get(c)) for c in columns] for row in found]
+    natural = [max(len(HEADERS.get(c, c)), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    fitted = [i for i, c in enumerate(columns) if c in FITTED]
+    whole = 1 + sum(w + 3 for i, w in enumerate(natural) if i not in fitted)  # 3: padding and a border
+    width = max(width, whole + (MIN_FITTED + 3) * len(fitted))
+    share = (width - whole) // max(1, len(fitted)) - 3
+    table = Table(title=f"harness {kind}")
+    for i, col in enumerate(columns):
+        table.add_column(HEADERS.get(col, col), no_wrap=True, overflow="ellipsis",
+                         max_width=share if i in fitted else None, min_width=None if i in fitted else natural[i])
+    for row, texts in zip(found, cells):  # Text: a description's "[q1,q2]" is not rich markup
+        table.add_row(*map(Text, texts), style="red" if row.get("error") else None)
+    return table, width
+
+
 @click.command("list")
 @click.argument("kind", type=click.Choice(KINDS), default="mixers", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(kind: str, as_json: bool) -> None:
-    """List registered mixers, models, tasks, metrics, components or plugins."""
+    """List registered mixers, models, tasks, metrics, components or plugins (descriptions cut to
+    fit; --json has them whole)."""
     from harness.registry import DuplicateNameError
 
     try:
@@ -61,15 +87,12 @@ def list_command(kind: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found, indent=2, default=str))
         return
+    if not found:  # an empty table's title would wrap around its one narrow column
+        click.echo(f"no {kind} {'loaded' if kind == 'plugins' else 'registered'}")
+        return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"harness {kind}")
-    columns = [c for c in (found[0] if found else {"name": ""}) if c not in HIDDEN]
-    for col in columns:
-        table.add_column(HEADERS.get(col, col), no_wrap=col in ("name", "plugin"))
-    for row in found:
-        table.add_row(*(_cell(row.get(c)) for c in columns), style="red" if row.get("error") else None)
-    Console(width=max(Console().width, 120)).print(table)
+    table, width = _table(kind, found, max(Console().width, 120))
+    Console(width=width).print(table)
     if kind == "plugins" and any(r.get("error") for r in found):
         click.echo("Broken plugins are skipped; everything else works. HARNESS_STRICT_PLUGINS=1 shows tracebacks.")

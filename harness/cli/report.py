@@ -27,7 +27,10 @@ def _open_source(experiment_or_dir: str, tracking_uri: str | None, parent_run_id
                                    f"{type(exc).__name__}: {first_line(str(exc))}") from None
 
 
-def _warn_missing(source: Any) -> None:
+def _print_notes(source: Any) -> None:
+    """What was read (MLflow parent runs), lines skipped, runs an invocation lacks: on stderr."""
+    for note in source.notes:
+        click.echo(note, err=True)
     if source.missing:
         click.echo(f"warning: {source.missing} planned run(s) have no child run under MLflow "
                    f"parent {source.parent_run_id} (results re-used from an earlier invocation "
@@ -45,17 +48,19 @@ def _warn_missing(source: Any) -> None:
               help="Metric direction [default: the one recorded for the suite's metric, else the metric "
                    "registry's].")
 @click.option("--parent-run", "parent_run_id", default=None,
-              help="MLflow parent run id to report on [default: the latest invocation].")
+              help="MLflow parent run id: report that invocation alone [default: every invocation of the "
+                   "experiment, merged: per (variant, seed) the latest finished run, else the latest].")
 def report_command(experiment_or_dir: str, tracking_uri: str | None, out_dir: str | None,
                    metric: str | None, reference: str | None, higher_is_better: bool | None,
                    parent_run_id: str | None) -> None:
     """Summarize a suite: EXPERIMENT_OR_DIR is a results directory (with runs.jsonl) or an MLflow
-    experiment name (the suite's name). Prints the table and writes CSV, Markdown and plots."""
+    experiment name (the suite's name; every invocation merged). Prints the table and writes CSV,
+    Markdown and plots, never over a folder that holds runs the report lacks."""
     from harness.report import ReportError, build_report, default_console, print_summary, write_report
     from harness.report.sources import choose_settings
 
     source = _open_source(experiment_or_dir, tracking_uri, parent_run_id)
-    _warn_missing(source)
+    _print_notes(source)
     try:
         settings = choose_settings(source, metric, reference, higher_is_better)
     except ReportError as exc:
@@ -63,11 +68,13 @@ def report_command(experiment_or_dir: str, tracking_uri: str | None, out_dir: st
 
     console = default_console()
     report = build_report(source.results, settings.metric, higher_is_better=settings.higher_is_better,
-                          reference=settings.reference, title=source.title)
+                          reference=settings.reference, title=source.title, planned_seeds=source.planned_seeds)
     print_summary(report.summary, report.metric, console, frame=report.frame, title=report.title)
     out = Path(out_dir) if out_dir else source.default_out
     try:
         written = write_report(report, out)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"could not write reports to {out}: {exc}") from None
     console.print(f"wrote {', '.join(written)} to {out}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
@@ -25,7 +26,45 @@ def _best_values(suite_path: str, overrides: tuple[str, ...], variants: tuple[st
     return best
 
 
-@click.command("run")
+# Exit statuses of `harness run` (the epilog below documents them).
+EXIT_SOME_FAILED = 3
+EXIT_ALL_FAILED = 4
+EPILOG = """\b
+Exit status:
+  0    every run finished (or was re-used from runs.jsonl)
+  1    the suite has problems; nothing was run
+  2    a usage error (an unknown option)
+  3    some runs failed (see the table and runs.jsonl)
+  4    every run failed
+  130  interrupted by Ctrl-C (SIGINT)
+  143  terminated by SIGTERM (timeout, a scheduler)
+Interrupted or terminated, the training run is marked killed and every finished run is kept;
+a re-run resumes after them."""
+
+
+def exit_status(results: list[Any]) -> int:
+    """0 when no run failed, EXIT_ALL_FAILED when every run did, else EXIT_SOME_FAILED."""
+    from harness.runlog import FAILED_STATUSES
+
+    failed = sum(r.status in FAILED_STATUSES for r in results)
+    if not failed:
+        return 0
+    return EXIT_ALL_FAILED if failed == len(results) else EXIT_SOME_FAILED
+
+
+def interrupted_message(exc: Any, output_dir: Any) -> str:
+    """What a SuiteInterrupted leaves behind, in one line."""
+    how = "Ctrl-C" if exc.signum == signal.SIGINT else "SIGTERM"
+    if exc.killed is None and not exc.results:
+        return f"{how}: interrupted before any run started; nothing to resume."
+    kept = sum(r.status != "killed" for r in exc.results)
+    where = f"{kept} finished run(s) are kept in {output_dir}/runs.jsonl and a re-run resumes after them."
+    if exc.killed is None:
+        return f"{how}: interrupted between runs; {where}"
+    return f"{how}: run {exc.killed.key} is marked killed; {where}"
+
+
+@click.command("run", epilog=EPILOG)
 @click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("-v", "--variant", "variants", multiple=True, help="Run only these variants (repeatable).")
@@ -53,17 +92,18 @@ def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str
     suite = load_suite_or_exit(suite_path, overrides + extra, values)
     tracking.configure(enabled=not no_track, tracking_uri=tracking_uri)
     from harness.profiling import keep_freed_memory
-    from harness.runner import run_suite
+    from harness.runner import SuiteInterrupted, run_suite
 
     keep_freed_memory()
     try:
         results = run_suite(suite, variants=list(variants) or None)
     except SuiteError as exc:
         exit_with_problems(suite_path, exc.problems)
-    except KeyboardInterrupt:
-        click.echo(f"Interrupted: the current run is marked killed; finished runs are kept in "
-                   f"{suite.output_dir}/runs.jsonl and a re-run resumes after them.", err=True)
-        sys.exit(130)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        click.echo(f"{len(failed)} run(s) failed; see the table above and runs.jsonl.", err=True)
+    except SuiteInterrupted as exc:
+        click.echo(interrupted_message(exc, suite.output_dir), err=True)
+        sys.exit(128 + exc.signum)
+    status = exit_status(results)
+    if status:
+        failed = sum(r.status == "failed" for r in results)
+        click.echo(f"{failed} of {len(results)} run(s) failed; see the table above and runs.jsonl.", err=True)
+    sys.exit(status)

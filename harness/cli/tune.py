@@ -12,7 +12,8 @@ from harness.cli.common import SET_HELP, TRACKING_URI_HELP, exit_with_problems, 
 @click.argument("suite_path", metavar="SUITE", type=click.Path(dir_okay=False))
 @click.option("-v", "--variant", "variants", multiple=True, help="Tune only these variants (repeatable).")
 @click.option("--trials", type=click.IntRange(min=1), default=None,
-              help="Trials per study, shared by all workers (default: [tune] trials).")
+              help="A study's total trials, shared by all workers (default: [tune] trials). Cumulative: a "
+              "study's budget only grows, so re-running with the same N adds none; raise N to add trials.")
 @click.option("--storage", default=None, help="Optuna storage: a database URL (default sqlite:///mlruns/optuna.db, "
               "postgresql://...) or a journal file ending in .log/.journal; workers on one storage share a study.")
 @click.option("--study", "study_name", default=None, help="Study name (default: <suite>.<variant>; one variant).")

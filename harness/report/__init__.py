@@ -1,19 +1,21 @@
 """Reports over a suite's results: statistics per variant, tables, CSV/Markdown and plots.
 
 Inputs are ``RunResult`` records, read from a suite's output folder (``runs.jsonl``) or rebuilt
-from MLflow (one parent run per invocation, one child run per (variant, seed)). Modules:
+from MLflow (one parent run per invocation, one child run per (variant, seed); every invocation
+merged). Modules:
 
 - ``stats``: the statistics on plain numbers (mean and std, Student-t 95% CI half-width, paired
-  t-test on shared seeds);
+  t-test on shared seeds, Holm-Bonferroni adjustment);
 - ``frame``: results -> one row per run (``results_frame``) and one row per variant (``summarize``);
 - ``cells``: the summary's header and cell strings and the notes under it, shared by console and
   Markdown;
 - ``console``: the summary on a terminal, fitted to its width (``print_summary``);
 - ``markdown``: results.md;
-- ``plots``: learning curves and metric vs parameters;
+- ``plots``: learning curves and the metric vs cost (FLOPs per token, throughput);
 - ``files``: ``Report`` (frame and summary built once, ``build_report``) and its files in a folder
-  (``write_report``; ``write_reports`` from results);
-- ``mlflow_reader``: an MLflow experiment as a results source;
+  (``write_report``, which never overwrites a folder holding runs the report lacks;
+  ``write_reports`` from results);
+- ``mlflow_reader``: an MLflow experiment as a results source (every invocation, merged);
 - ``sources``: what ``harness report EXPERIMENT_OR_DIR`` reads (a results folder, read there, or an
   experiment) and the metric, reference and direction it reports with;
 - ``errors``: ``ReportError``.

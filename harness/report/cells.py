@@ -13,23 +13,32 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 OVERRIDE_MARK = "†"
-MEAN_COLUMN = 3        # index of the "<metric> mean ± std" column, the one the best row bolds
+CONTENDED_MARK = "‡"
 
 
 @dataclass
 class SummaryTable:
-    """Header, one list of cell strings per variant, and which row is the best."""
+    """Header, a stable id per column (``COLUMN_IDS``), one list of cell strings per variant, and
+    which row is the best."""
 
     header: list[str]
+    columns: list[str]
     rows: list[list[str]]
     best: list[bool]
 
-    def drop(self, name: str) -> None:
-        """Leave out the column called ``name``."""
-        i = self.header.index(name)
-        del self.header[i]
-        for row in self.rows:
-            del row[i]
+    def index(self, column: str) -> int:
+        return self.columns.index(column)
+
+    def drop(self, column: str) -> None:
+        """Leave out the column with id ``column``."""
+        i = self.index(column)
+        for cells in (self.header, self.columns, *self.rows):
+            del cells[i]
+
+
+# Column ids, in table order; "knob" and "flops" only where the results have them.
+COLUMN_IDS = ("variant", "mixer", "params", "knob", "flops", "mean", "ci", "delta", "throughput",
+              "memory", "finished")
 
 
 def decimals(summary: "pd.DataFrame") -> int:
@@ -57,6 +66,14 @@ def fmt_p(p: Any) -> str:
     return "p<0.001" if float(p) < 0.001 else f"p={float(p):.3f}"
 
 
+def fmt_knob(value: Any) -> str:
+    """A knob's matched value: a whole number as such (dim 48), else 2 decimals (mlp_ratio 0.69)."""
+    if not is_finite(value):
+        return "–"
+    value = float(value)
+    return f"{value:.0f}" if value == round(value) else f"{value:.2f}"
+
+
 def _fmt_thousands(value: Any) -> str:
     return f"{value:,.0f}" if is_finite(value) else "–"
 
@@ -65,8 +82,30 @@ def _fmt_thousands(value: Any) -> str:
 class _Layout:
     dec: int              # decimals of the metric
     show_tokens: bool     # tokens/s instead of samples/s
+    knobs: tuple[str, ...]  # the knob names of the variants (none: no knob column)
     show_flops: bool
     ref_n: int            # finished seeds of the reference
+
+
+def _delta_cell(r: Any, layout: _Layout) -> str:
+    if r.reference:
+        return "ref"
+    if not is_finite(r.delta):
+        return "–"
+    notes = [fmt_p(r.p_value)]
+    if is_finite(r.p_holm):
+        notes.append(f"Holm {fmt_p(r.p_holm)}")
+    if r.n_paired < max(int(r.n), layout.ref_n):   # shown only where fewer seeds were paired than finished
+        notes.append(f"n={r.n_paired}")
+    return f"{r.delta:+.{layout.dec}f} ({', '.join(notes)})"
+
+
+def _finished_cell(r: Any) -> str:
+    """Seeds finished / planned, then why the others did not: "2/3, 1 killed"."""
+    counts = {"failed": int(r.n_failed), "killed": int(r.n_killed),
+              "running": int(r.n_runs) - int(r.n_finished) - int(r.n_failed) - int(r.n_killed),
+              "not run": int(r.n_planned) - int(r.n_runs)}
+    return ", ".join([f"{r.n_finished}/{r.n_planned}", *(f"{n} {what}" for what, n in counts.items() if n > 0)])
 
 
 def _row_cells(r: Any, layout: _Layout) -> list[str]:
@@ -77,40 +116,46 @@ def _row_cells(r: Any, layout: _Layout) -> list[str]:
     mean = "–"
     if is_finite(r.mean):
         mean = f"{r.mean:.{dec}f}" + (f" ± {r.std:.{dec}f}" if is_finite(r.std) else "")
-    if r.reference:
-        delta = "ref"
-    elif is_finite(r.delta):
-        # n shown only where fewer seeds were paired than either side finished
-        n_note = f" n={r.n_paired}" if r.n_paired < max(int(r.n), layout.ref_n) else ""
-        delta = f"{r.delta:+.{dec}f} ({fmt_p(r.p_value)}{n_note})"
-    else:
-        delta = "–"
-    cells = [f"{r.variant}{OVERRIDE_MARK}" if r.overridden else str(r.variant), str(r.mixer or ""), params,
-             mean, f"±{r.ci95:.{dec}f}" if is_finite(r.ci95) else "–", delta,
-             _fmt_thousands(r.tokens_per_s if layout.show_tokens else r.samples_per_s),
-             _fmt_thousands(r.peak_mem_mb)]
+    throughput = _fmt_thousands(r.tokens_per_s if layout.show_tokens else r.samples_per_s)
+    if is_finite(r.n_contended) and r.n_contended > 0 and throughput != "–":
+        throughput += CONTENDED_MARK
+    cells = [f"{r.variant}{OVERRIDE_MARK}" if r.overridden else str(r.variant), str(r.mixer or ""), params]
+    if layout.knobs:
+        value = fmt_knob(r.knob_value)
+        cells.append(value if len(layout.knobs) == 1 or not r.knob else f"{r.knob} {value}")
     if layout.show_flops:
         cells.append(fmt_count(r.flops_per_token))
-    cells.append(f"{r.n_finished}/{r.n_runs}" + (f", {r.n_failed} failed" if r.n_failed else ""))
+    cells += [mean, f"±{r.ci95:.{dec}f}" if is_finite(r.ci95) else "–", _delta_cell(r, layout), throughput,
+              _fmt_thousands(r.peak_mem_mb), _finished_cell(r)]
     return cells
 
 
-def summary_table(summary: "pd.DataFrame", metric: str, *, flops: bool = False) -> SummaryTable:
-    """The cells of a non-empty summary; a FLOPs/token column only with ``flops`` and data for it."""
+def _layout(summary: "pd.DataFrame") -> _Layout:
     has_ref = summary["reference"].any()
-    layout = _Layout(
+    has_knob = summary["knob_value"].notna().any()
+    return _Layout(
         dec=decimals(summary),
         show_tokens=summary["tokens_per_s"].notna().any() and not summary["samples_per_s"].notna().any(),
-        show_flops=flops and summary["flops_per_token"].notna().any(),
+        knobs=tuple(dict.fromkeys(k for k in summary["knob"] if k)) if has_knob else (),
+        show_flops=summary["flops_per_token"].notna().any(),
         ref_n=int(summary.loc[summary["reference"].astype(bool), "n"].max()) if has_ref else 0,
     )
-    header = ["variant", "mixer", "params (gap)", f"{metric} mean ± std", "95% CI",
-              "Δ vs ref (p)", "tokens/s" if layout.show_tokens else "samples/s", "peak MB"]
-    if layout.show_flops:
-        header.append("FLOPs/token")
-    header.append("finished")
+
+
+def summary_table(summary: "pd.DataFrame", metric: str) -> SummaryTable:
+    """The cells of a non-empty summary; the knob and FLOPs/token columns only where there is data
+    for them (the knob's column is named after it when the variants share one)."""
+    layout = _layout(summary)
+    names = {"variant": "variant", "mixer": "mixer", "params": "params (gap)",
+             "knob": layout.knobs[0] if len(layout.knobs) == 1 else "knob", "flops": "FLOPs/token",
+             "mean": f"{metric} mean ± std", "ci": "95% CI", "delta": "Δ vs ref (p, Holm p)",
+             "throughput": "tokens/s" if layout.show_tokens else "samples/s", "memory": "peak MB",
+             "finished": "finished"}
+    columns = [c for c in COLUMN_IDS
+               if (c != "knob" or layout.knobs) and (c != "flops" or layout.show_flops)]
     records = list(summary.itertuples(index=False))
-    return SummaryTable(header, [_row_cells(r, layout) for r in records], [bool(r.best) for r in records])
+    return SummaryTable([names[c] for c in columns], columns, [_row_cells(r, layout) for r in records],
+                        [bool(r.best) for r in records])
 
 
 def override_notes(summary: "pd.DataFrame") -> list[str]:
@@ -134,12 +179,26 @@ def failures(summary: "pd.DataFrame", frame: "pd.DataFrame | None") -> list[dict
     return list(summary.attrs.get("failures", []))
 
 
+def contended_note(summary: "pd.DataFrame") -> str | None:
+    """The footnote of the throughput mark: which variants had runs timed on a busy machine."""
+    busy = [f"{r.variant} ({int(r.n_contended)} of {int(r.n_finished)} runs)" for r in summary.itertuples(index=False)
+            if is_finite(r.n_contended) and r.n_contended > 0]
+    if not busy:
+        return None
+    return (f"{CONTENDED_MARK} throughput measured while the machine was busier than its cores (other processes "
+            f"competed for them), so it reads low: {', '.join(busy)}.")
+
+
 def explanation(summary: "pd.DataFrame", metric: str) -> str:
     """The sentence under the table that says what each column means."""
     reference = summary.attrs.get("reference") or (
         summary.loc[summary["reference"], "variant"].iloc[0] if summary["reference"].any() else "?")
     direction = "higher" if summary.attrs.get("higher_is_better", True) else "lower"
-    return (f"{metric}: mean ± std (ddof=1) over finished seeds, {direction} is better, best in bold; "
+    knobs = _layout(summary).knobs
+    knob = f"{' / '.join(knobs)} = the value the budget matcher chose to meet the target; " if knobs else ""
+    return (f"{metric}: mean ± std (ddof=1) over finished seeds, {direction} is better; bold = best mean among "
+            f"the variants that finished every planned seed; finished = seeds finished / planned; "
             f"95% CI = Student-t half-width; Δ = variant − {reference} averaged over shared seeds, "
-            f"p = paired t-test (n = shared seeds); params = mean achieved, gap vs the budget target; "
-            f"{OVERRIDE_MARK} = variant with per-variant overrides.")
+            f"p = paired t-test (n = shared seeds), Holm p = p adjusted (Holm-Bonferroni) over the variants "
+            f"compared with {reference}; params = mean achieved, gap vs the budget target; {knob}"
+            f"FLOPs/token = forward FLOPs per token; {OVERRIDE_MARK} = variant with per-variant overrides.")

@@ -1,12 +1,12 @@
-"""The summary on a terminal: a rich table fitted to the console's width, then the override
-footnotes, the explanation and the failed runs with their reasons."""
+"""The summary on a terminal: a rich table fitted to the console's width, then the footnotes
+(overrides, throughput on a busy machine), the explanation and the failed runs with their reasons."""
 from __future__ import annotations
 
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from harness.report.cells import (MEAN_COLUMN, OVERRIDE_MARK, SummaryTable, explanation, failures, first_line,
+from harness.report.cells import (OVERRIDE_MARK, SummaryTable, contended_note, explanation, failures, first_line,
                                   override_notes, summary_table)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -14,9 +14,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
 MEAN = "mean ± std"    # the console's name for the metric column (the metric is in the title)
-# Columns a narrow terminal may leave out, least needed first (the files keep them all).
-DROPPABLE = ("mixer", "peak MB", "samples/s", "tokens/s", "95% CI")
-RIGHT_ALIGNED = {"params (gap)", "95% CI", "samples/s", "tokens/s", "peak MB"}
+# Columns (ids of ``cells.COLUMN_IDS``) a narrow terminal may leave out, least needed first (the
+# files keep them all); the cost columns go last: a comparison without them misleads.
+DROPPABLE = ("mixer", "memory", "throughput", "ci", "knob", "flops")
+RIGHT_ALIGNED = {"params", "knob", "flops", "ci", "throughput", "memory"}
 
 
 def default_console() -> "Console":
@@ -55,7 +56,7 @@ def fit_columns(natural: list[int], narrowest: list[int], width: int) -> tuple[i
 
 def _unwrapped(table: SummaryTable) -> set[int]:
     """Columns never wrapped: the variant and the mean ± std."""
-    return {0, table.header.index(MEAN)}
+    return {table.index("variant"), table.index("mean")}
 
 
 def _fit(table: SummaryTable, width: int) -> tuple[int, list[int] | None, list[str]]:
@@ -70,10 +71,10 @@ def _fit(table: SummaryTable, width: int) -> tuple[int, list[int] | None, list[s
         narrowest = [natural[i] if i in keep else max(len(w) for text in column for w in text.split() or [""])
                      for i, column in enumerate(texts)]
         fit = fit_columns(natural, narrowest, width)
-        droppable = [name for name in DROPPABLE if name in table.header]
+        droppable = [column for column in DROPPABLE if column in table.columns]
         if fit is not None or not droppable:
             break
-        hidden.append(droppable[0])
+        hidden.append(table.header[table.index(droppable[0])])
         table.drop(droppable[0])
     pad, widths = fit if fit is not None else (0, None)   # still too narrow: rich folds the cells
     return pad, widths, hidden
@@ -89,9 +90,9 @@ def _rich_table(table: SummaryTable, heading: str, pad: int, widths: list[int] |
                 pad_edge=False, padding=(0, pad), collapse_padding=True)
     for i, name in enumerate(table.header):
         # "fold", not "…", if rich must cut a cell: a cut-off number reads as another number
-        out.add_column(name, justify="right" if name in RIGHT_ALIGNED else "left", no_wrap=i in keep,
+        out.add_column(name, justify="right" if table.columns[i] in RIGHT_ALIGNED else "left", no_wrap=i in keep,
                        width=widths[i] if widths else None, overflow="fold")
-    metric_col = table.header.index(MEAN)
+    metric_col = table.index("mean")
     for cells, is_best in zip(table.rows, table.best):
         cells = [escape(c) for c in cells]
         if is_best:
@@ -113,6 +114,9 @@ def _print_notes(console: "Console", summary: "pd.DataFrame", metric: str, hidde
             console.print(f"mixers: {escape(mixers)}")
     for note in override_notes(summary):
         console.print(f"{OVERRIDE_MARK} per-variant overrides — {escape(note)}")
+    busy = contended_note(summary)
+    if busy and not {"samples/s", "tokens/s"} & set(hidden):   # the mark is on the throughput column
+        console.print(escape(busy))
     console.print(f"[dim]{escape(explanation(summary, metric))}[/dim]")
     failed = failures(summary, frame)
     if failed:
@@ -139,7 +143,7 @@ def print_summary(
         console.print("[yellow]no runs to report[/yellow]")
         return
     table = summary_table(summary, metric)
-    table.header[MEAN_COLUMN] = MEAN
+    table.header[table.index("mean")] = MEAN
     if all(not r.mixer or r.mixer == r.variant for r in summary.itertuples(index=False)):
         table.drop("mixer")   # it would repeat the variant names
     pad, widths, hidden = _fit(table, console.width)

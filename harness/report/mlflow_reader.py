@@ -1,12 +1,20 @@
-"""MLflow as a results source: one invocation's parent run and its child runs (one per
-(variant, seed)) rebuilt into ``RunResult`` records, with what the parent recorded about the suite.
-Every tag, param and status name comes from ``harness.tracking.schema``."""
+"""MLflow as a results source: the child runs (one per (variant, seed)) of a suite's invocations
+rebuilt into ``RunResult`` records, with what the parent runs recorded about the suite.
+
+By default every invocation counts (every harness parent run of the experiment, whatever its
+status: a killed process leaves its parent RUNNING), merged by ``harness.runlog.merge_per_run``:
+per (variant, seed) the latest finished result, else the latest of any status. A child that re-used
+an earlier result ("skipped") stands for the child that produced it, which is read instead where it
+is among the runs read (it has the learning curves). Every tag, param and status name comes from
+``harness.tracking.schema``.
+"""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from harness.report.errors import ReportError
-from harness.runlog import latest_per_run
+from harness.runlog import merge_per_run
 from harness.specs import Run, RunResult
 from harness.tracking.client import sqlite_path
 from harness.tracking.client import tracking_uri as resolve_tracking_uri
@@ -15,7 +23,7 @@ from harness.tracking.schema import HARNESS_STATUS, SYSTEM_METRIC_PREFIX, Param,
 # Efficiency figures a child run logs as metrics; results are namespaced by split ("test/accuracy").
 EFFICIENCY_KEYS = (
     "params", "target_params", "param_gap", "flops_per_token", "samples_per_s", "tokens_per_s",
-    "peak_mem_mb", "train_time_s",
+    "peak_mem_mb", "train_time_s", "knob_value", "contended", "decayed_params", "threads",
 )
 
 
@@ -69,6 +77,12 @@ def _history(client: Any, run_id: str, metrics: dict[str, float]) -> list[dict[s
     return [{"step": step, **values} for step, values in sorted(by_step.items())]
 
 
+def _budget(params: dict[str, str]) -> dict[str, str] | None:
+    """The child's budget from its "budget.*" params (strings; "knob" names the matched key)."""
+    budget = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("budget.")}
+    return budget or None
+
+
 def _child_run(child: Any, metric: str, suite: str) -> Run:
     tags, params = child.data.tags, child.data.params
     overrides = tuple(k.strip() for k in (tags.get(Tag.OVERRIDES) or "").split(",") if k.strip())
@@ -85,6 +99,7 @@ def _child_run(child: Any, metric: str, suite: str) -> Run:
         mixer=tags.get(Tag.MIXER, params.get("mixer", "")),
         metric=metric,
         overrides=overrides,
+        budget=_budget(params),
     )
 
 
@@ -102,8 +117,8 @@ def _child_result(client: Any, child: Any, metric: str, suite: str) -> RunResult
                      run_id=child.info.run_id)
 
 
-def _parent_run(client: Any, uri: str, experiment: str, parent_run_id: str | None) -> tuple[Any, Any]:
-    """(experiment, parent run): the given one, else the latest harness parent run."""
+def _parent_runs(client: Any, uri: str, experiment: str, parent_run_id: str | None) -> tuple[Any, list[Any]]:
+    """(experiment, parent runs, oldest first): the given one, else every harness parent run."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -113,13 +128,35 @@ def _parent_run(client: Any, uri: str, experiment: str, parent_run_id: str | Non
         parent = client.get_run(parent_run_id)
         if parent.info.experiment_id != exp.experiment_id:
             raise ReportError(f"run {parent_run_id} is not in experiment {experiment!r}")
-        return exp, parent
-    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{Role.PARENT}'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
+        return exp, [parent]
+    parents = _search_all(client, exp.experiment_id, f"tags.`{Tag.ROLE}` = '{Role.PARENT}'",
+                          order_by=["attributes.start_time ASC"])
     if not parents:
         raise ReportError(f"experiment {experiment!r} at {uri} has no harness parent run "
                           f"(tag {Tag.ROLE}={Role.PARENT})")
-    return exp, parents[0]
+    return exp, parents
+
+
+def _children(client: Any, experiment_id: str, parents: list[Any]) -> list[Any]:
+    """The (variant, seed) child runs of ``parents``, oldest first; a re-used result's child left
+    out where the child that produced it is among them."""
+    children = [c for parent in parents
+                for c in _search_all(client, experiment_id, f"tags.`{Tag.PARENT_RUN}` = '{parent.info.run_id}'")]
+    children = [c for c in children if c.data.tags.get(Tag.ROLE, Role.RUN) == Role.RUN]
+    ids = {c.info.run_id for c in children}
+    children = [c for c in children if c.data.tags.get(Tag.REUSED_RUN_ID) not in ids]
+    return sorted(children, key=lambda c: c.info.start_time or 0)
+
+
+def _planned_seeds(parents: list[Any]) -> list[int]:
+    """The seeds the parents planned (their "suite.seeds" param), all together."""
+    seeds: set[int] = set()
+    for parent in parents:
+        try:
+            seeds.update(int(s) for s in json.loads(parent.data.params.get("suite.seeds", "[]")))
+        except (ValueError, TypeError):
+            continue   # not a list of seeds: the results' own seeds still count
+    return sorted(seeds)
 
 
 def _recorded_metric(metric: str | None, children: list[Any]) -> str | None:
@@ -132,37 +169,44 @@ def _recorded_metric(metric: str | None, children: list[Any]) -> str | None:
     return metric
 
 
+def _missing(parent: Any, results: list[RunResult]) -> int:
+    """Planned runs one invocation has no child run for (e.g. re-used results the tracker did not log)."""
+    try:
+        return max(0, int(parent.data.params.get(Param.PLANNED_RUNS, "")) - len(results))
+    except ValueError:
+        return 0
+
+
 def load_results_mlflow(
     experiment: str,
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
 ) -> tuple[list[RunResult], dict[str, Any]]:
-    """Rebuild the results of one invocation (the latest parent run unless ``parent_run_id``).
+    """Rebuild the results of every invocation of ``experiment`` merged (see the module), or of
+    one invocation with ``parent_run_id``.
 
-    Returns (results in suite order, info) with info keys experiment, suite, tracking_uri,
-    parent_run_id, metric, reference, higher_is_better (None where the parent lacks the tag) and
-    missing (planned runs the parent has no child run for)."""
+    Returns (results in first-run order, info) with info keys experiment, suite, tracking_uri,
+    parents ([{run_id, start_time (ms), status}] of the parent runs read, oldest first),
+    parent_run_id (the one given, else None), metric, reference, higher_is_better (the latest
+    parent's; None where it lacks the tag), planned_seeds, and missing (with ``parent_run_id``:
+    planned runs it has no child run for; else 0)."""
     client, uri = _client(tracking_uri)
-    exp, parent = _parent_run(client, uri, experiment, parent_run_id)
-    ptags = parent.data.tags
-    children = _search_all(client, exp.experiment_id, f"tags.`{Tag.PARENT_RUN}` = '{parent.info.run_id}'",
-                           order_by=["attributes.start_time ASC"])
-    children = [c for c in children if c.data.tags.get(Tag.ROLE, Role.RUN) == Role.RUN]
+    exp, parents = _parent_runs(client, uri, experiment, parent_run_id)
+    children = _children(client, exp.experiment_id, parents)
+    ptags = parents[-1].data.tags
     metric = _recorded_metric(ptags.get(Tag.METRIC), children)
-    try:
-        planned = int(parent.data.params.get(Param.PLANNED_RUNS, ""))
-    except ValueError:
-        planned = None
-    results = latest_per_run(_child_result(client, c, metric or "", experiment) for c in children)
+    results = merge_per_run(_child_result(client, c, metric or "", experiment) for c in children)
     info = {
         "experiment": experiment,
         "suite": experiment,
         "tracking_uri": uri,
-        "parent_run_id": parent.info.run_id,
+        "parents": [{"run_id": p.info.run_id, "start_time": p.info.start_time, "status": p.info.status}
+                    for p in parents],
+        "parent_run_id": parent_run_id,
         "metric": metric,
         "reference": ptags.get(Tag.REFERENCE),
         "higher_is_better": recorded_flag(ptags.get(Tag.HIGHER_IS_BETTER)),
-        # planned runs this parent has no child for (e.g. re-used results the tracker did not log)
-        "missing": max(0, planned - len(results)) if planned is not None else 0,
+        "planned_seeds": _planned_seeds(parents),
+        "missing": _missing(parents[0], results) if parent_run_id else 0,
     }
     return results, info

@@ -1,22 +1,26 @@
 """What ``harness report EXPERIMENT_OR_DIR`` reports on.
 
 A suite's output folder is read here: its ``runs.jsonl`` (through ``harness.runlog``, the one
-reader of that file: ``load_results_dir``) and its ``suite.json`` (``read_suite_info``); an MLflow
-experiment is read by ``harness.report.mlflow_reader``. ``open_source`` reads either, with what the
-suite recorded: its name, metric, reference and direction. ``choose_settings`` then settles the
-metric, reference and direction of the report from the user's options and that record.
+reader of that file, tolerant as resume is: lines that are not results are skipped, with a warning:
+``read_results_dir``) and its ``suite.json`` (``read_suite_info``); an MLflow experiment is read by
+``harness.report.mlflow_reader`` (every invocation merged, or one with ``--parent-run``).
+``open_source`` reads either, with what the suite recorded: its name, metric, reference, direction
+and planned seeds. ``choose_settings`` then settles the metric, reference and direction of the
+report from the user's options and that record.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.report.errors import ReportError
 from harness.report.mlflow_reader import load_results_mlflow, recorded_flag
-from harness.runlog import FINISHED_STATUSES, RunLog, latest_per_run
+from harness.runlog import FINISHED_STATUSES, RunLog, merge_per_run
 from harness.specs import RunResult
 from harness.tracking.schema import Artifact
 
@@ -29,19 +33,27 @@ def _runs_file(path: str | os.PathLike[str]) -> Path:
     return RunLog(Path(path)).path
 
 
-def load_results_dir(path: str | os.PathLike[str]) -> list[RunResult]:
-    """Read ``runs.jsonl`` in ``path`` (or ``path`` itself when it is the file).
+def read_results_dir(path: str | os.PathLike[str]) -> tuple[list[RunResult], str | None]:
+    """(the results of ``runs.jsonl`` in ``path`` (or ``path`` itself when it is the file), merged
+    per (variant, seed) by ``merge_per_run``; the warning line about skipped lines, or None).
 
-    A later line for the same (variant, seed) supersedes an earlier one; blank lines are skipped.
-    A report must not quietly leave runs out, so where the run log skips a line that is not a
-    result, this raises ``ReportError`` naming the file and line number of the first one."""
+    A line that is not a result (a last line cut short by a crash) is skipped, as resume skips it:
+    the runs before and after it still count, and the warning names the file and the lines."""
     log = RunLog(Path(path))
     if not log.path.is_file():
         raise ReportError(f"no {Artifact.RUNS} in {Path(path)}")
     contents = log.read()
-    if contents.bad_lines:
-        raise ReportError(contents.bad_lines[0])
-    return latest_per_run(contents.results)
+    return merge_per_run(contents.results), contents.warning()
+
+
+def load_results_dir(path: str | os.PathLike[str],
+                     on_warning: Callable[[str], None] | None = None) -> list[RunResult]:
+    """The results of ``read_results_dir``; its warning goes to ``on_warning`` (default:
+    ``warnings.warn``)."""
+    results, warning = read_results_dir(path)
+    if warning:
+        (on_warning or warnings.warn)(warning)
+    return results
 
 
 def read_suite_info(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -67,8 +79,10 @@ class ResultsSource:
     metric: str | None             # the suite's metric (else the first run's)
     reference: str | None
     higher_is_better: bool | None  # the direction recorded for the suite's metric
-    missing: int = 0               # MLflow: planned runs the parent run has no child run for
+    missing: int = 0               # MLflow, one invocation: planned runs its parent has no child run for
     parent_run_id: str | None = None
+    planned_seeds: list[int] = field(default_factory=list)   # the suite's seeds, as recorded
+    notes: list[str] = field(default_factory=list)           # lines to show before the table
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,15 @@ def _first_metric(results: list[RunResult]) -> str | None:
     return next((r.run.metric for r in results if r.run.metric), None)
 
 
+def _suite_seeds(suite: dict[str, Any]) -> list[int]:
+    """The seeds suite.json's resolved config planned, or [] where it records none."""
+    seeds = ((suite.get("config") or {}).get("suite") or {}).get("seeds") or []
+    try:
+        return sorted({int(s) for s in seeds})
+    except (TypeError, ValueError):
+        return []
+
+
 def _from_dir(name: str, target: Path) -> ResultsSource:
     file = _runs_file(target)
     if not file.is_file():
@@ -97,14 +120,29 @@ def _from_dir(name: str, target: Path) -> ResultsSource:
         found = _result_dirs(target)
         hint = f"; result dirs inside: {', '.join(found)}" if found else ""
         raise ReportError(f"{target} has no {Artifact.RUNS}{hint}")
-    results = load_results_dir(target)
+    results, warning = read_results_dir(target)
     suite = read_suite_info(target)
     return ResultsSource(
         name=name, results=results,
         title=str(suite.get("name") or (results[0].run.suite if results else file.parent.name)),
         default_out=file.parent, metric=suite.get("metric") or _first_metric(results),
         reference=suite.get("reference"), higher_is_better=recorded_flag(suite.get("higher_is_better")),
+        planned_seeds=_suite_seeds(suite), notes=[warning] if warning else [],
     )
+
+
+def parents_line(experiment: str, parents: list[dict[str, Any]]) -> str:
+    """"read 2 MLflow parent runs of 'vision' (oldest first): 3f2a1b9c… 2024-05-01 12:00 FINISHED, …"."""
+    def one(p: dict[str, Any]) -> str:
+        start = time.strftime("%Y-%m-%d %H:%M", time.localtime((p.get("start_time") or 0) / 1000))
+        return f"{p['run_id']} started {start} ({p.get('status') or '?'})"
+
+    runs = "run" if len(parents) == 1 else "runs"
+    return f"read {len(parents)} MLflow parent {runs} of {experiment!r} (oldest first): " + ", ".join(map(one, parents))
+
+
+def _safe_name(name: str) -> str:
+    return name.replace("/", "_").replace(os.sep, "_")
 
 
 def _from_mlflow(experiment: str, tracking_uri: str | None, parent_run_id: str | None) -> ResultsSource:
@@ -114,12 +152,14 @@ def _from_mlflow(experiment: str, tracking_uri: str | None, parent_run_id: str |
         dirs = _result_dirs(RESULTS_ROOT)
         hint = f"; result dirs: {', '.join(dirs)}" if dirs else ""
         raise ReportError(f"{experiment!r} is not a results directory; {exc}{hint}") from None
+    # one invocation is a part of the suite: its own folder, beside the suite's, never over it
+    folder = _safe_name(experiment) + (f"-{parent_run_id[:8]}" if parent_run_id else "")
     return ResultsSource(
-        name=experiment, results=results, title=experiment,
-        default_out=RESULTS_ROOT / experiment.replace("/", "_").replace(os.sep, "_"),
+        name=experiment, results=results, title=experiment, default_out=RESULTS_ROOT / folder,
         metric=info.get("metric") or _first_metric(results), reference=info.get("reference"),
         higher_is_better=info.get("higher_is_better"), missing=info.get("missing", 0),
-        parent_run_id=info.get("parent_run_id"),
+        parent_run_id=info.get("parent_run_id"), planned_seeds=list(info.get("planned_seeds") or []),
+        notes=[parents_line(experiment, info.get("parents") or [])],
     )
 
 

@@ -4,7 +4,9 @@
 - ``ci95_half_width``: the Student-t 95% confidence interval half-width of a mean,
   ``t(0.975, n-1) * std / sqrt(n)``;
 - ``paired_t_test``: the mean paired difference and the two-sided paired t-test p-value of two
-  variants on the seeds both finished.
+  variants on the seeds both finished;
+- ``holm_adjust``: Holm-Bonferroni adjusted p-values of a family of tests (the variants of one
+  table, each compared with the reference).
 
 Undefined statistics (one seed, no shared seed, differences without variance) are NaN, never a
 warning.
@@ -64,3 +66,19 @@ def paired_t_test(values: Mapping[int, float], reference: Mapping[int, float]) -
         return len(shared), delta, math.nan
     p = float(stats.ttest_rel(a, b).pvalue)
     return len(shared), delta, (p if math.isfinite(p) else math.nan)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given; NaN stays NaN and is not counted.
+
+    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value of the
+    i-th is max over j <= i of min(1, (m - j + 1) * p_(j)): the running maximum keeps the order of
+    the raw p-values, so a test is never declared significant after one with a smaller p was not."""
+    finite = sorted((float(p), i) for i, p in enumerate(p_values) if is_finite(p))
+    m = len(finite)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):      # rank = j - 1
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

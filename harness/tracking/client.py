@@ -85,11 +85,12 @@ def versions() -> str:
     return ",".join(parts)
 
 
-def provenance() -> dict[str, str]:
-    """The tags every harness run carries: commit, versions, device."""
+def provenance(threads: int | None = None) -> dict[str, str]:
+    """The tags every harness run carries: commit, versions, device (with the torch ``threads``
+    a run is about to use, when given)."""
     from harness.devices import device_label
 
-    return {Tag.GIT_COMMIT: git_commit(), Tag.VERSIONS: versions(), Tag.DEVICE: device_label()}
+    return {Tag.GIT_COMMIT: git_commit(), Tag.VERSIONS: versions(), Tag.DEVICE: device_label(threads=threads)}
 
 
 class RunWriter:
@@ -123,10 +124,12 @@ class RunWriter:
         return self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
     def params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Every param but the unset ones: None would be logged as the string "None"."""
         from mlflow.entities import Param
 
-        if params:
-            self.client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()])
+        batch = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items() if v is not None]
+        if batch:
+            self.client.log_batch(run_id, params=batch)
 
     def metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
         """Finite values only, under MLflow-safe names."""

@@ -17,6 +17,7 @@ class _Active:
     experiment_id: str | None = None
     parent_id: str | None = None
     child_id: str | None = None
+    planned_runs = 0
 
 
 @hookimpl
@@ -32,9 +33,11 @@ def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
         Tag.HIGHER_IS_BETTER: str(metric_higher_is_better(suite.suite.metric)).lower(), **provenance(),
     })
     writer.params(_Active.parent_id, {
-        **flatten("", {"suite": suite.suite.model_dump(), "budget": suite.budget.model_dump() if suite.budget else {}}),
+        **flatten("", {"suite": suite.suite.model_dump(), "budget": suite.budget.model_dump() if suite.budget else {}},
+                  skip_none=True),
         Param.PLANNED_RUNS: len(runs),
     })
+    _Active.planned_runs = len(runs)
 
 
 @hookimpl
@@ -47,18 +50,21 @@ def run_started(run: Any) -> str | None:
 
 
 def _start_child(run: Any, **extra_tags: str) -> None:
+    from harness.train import effective_train
+
     writer = _Active.writer
     assert writer is not None and _Active.experiment_id is not None
+    train = effective_train(run.train)  # amp False on CPU, threads as a count: what the run applies
     _Active.child_id = writer.start(_Active.experiment_id, run.key, {
         **extra_tags,
         Tag.ROLE: Role.RUN, Tag.SUITE: run.suite, Tag.VARIANT: run.variant, Tag.SEED: str(run.seed),
         Tag.MIXER: run.mixer, Tag.MODEL: run.model, Tag.CONFIG_HASH: run.config_hash,
-        Tag.OVERRIDES: ",".join(run.overrides), **provenance(),
+        Tag.OVERRIDES: ",".join(run.overrides), **provenance(threads=train["threads"]),
     }, parent=_Active.parent_id)
     writer.params(_Active.child_id, flatten("", {
         "variant": run.variant, "mixer": run.mixer, "seed": run.seed, "model_name": run.model, "task": run.task,
-        "model": run.model_config, "options": run.mixer_options, "train": run.train, "budget": run.budget or {},
-        "task_options": run.task_options}))
+        "model": run.model_config, "options": run.mixer_options, "train": train, "budget": run.budget or {},
+        "task_options": run.task_options}, skip_none=True))
 
 
 @hookimpl
@@ -78,21 +84,32 @@ def run_finished(run: Any, result: Any) -> None:
     child = _Active.child_id
     if child is None:
         return
-    writer.metrics(child, {**result.metrics, **result.efficiency})
-    if result.efficiency.get("target_params"):
-        # The budget also as params, so the MLflow table shows them beside the config.
-        writer.params(child, {Param.TARGET: int(result.efficiency["target_params"]),
-                              Param.ACHIEVED: int(result.efficiency["params"]),
-                              Param.GAP: f"{result.efficiency['param_gap']:+.4%}"})
+    # At the last training step, not step 0, so no chart gets a point after the last one. A run
+    # trained here logged its final metrics at that step already (metrics_logged).
+    final = result.efficiency if result.status == "finished" else {**result.metrics, **result.efficiency}
+    writer.metrics(child, final, step=run.train["steps"])
+    _log_budget(writer, child, result.efficiency)
     for path in result.artifacts.values():
         writer.artifact(child, path, Artifact.PROFILE_DIR)
-    writer.tags(child, {Tag.STATUS: result.status, **({Tag.ERROR: result.error} if result.error else {})})
+    tags = {Tag.STATUS: result.status, **({Tag.ERROR: result.error} if result.error else {})}
+    if "contended" in result.efficiency:
+        tags[Tag.CONTENDED] = str(bool(result.efficiency["contended"])).lower()
+    writer.tags(child, tags)
     status = MLFLOW_STATUS[result.status]
     if result.status == "skipped":
         writer.end(child, status)
     else:
         writer.end_watch(status)
     _Active.child_id = None
+
+
+def _log_budget(writer: RunWriter, child: str, efficiency: dict[str, float]) -> None:
+    """The budget also as params, so the MLflow table shows them beside the config."""
+    if efficiency.get("target_params"):
+        writer.params(child, {Param.TARGET: int(efficiency["target_params"]),
+                              Param.ACHIEVED: int(efficiency["params"]),
+                              Param.GAP: f"{efficiency['param_gap']:+.4%}",
+                              Param.KNOB_VALUE: efficiency.get("knob_value")})
 
 
 @hookimpl(trylast=True)  # after the reporter has written the files logged here
@@ -109,5 +126,8 @@ def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     writer.metrics(parent, {run_count_metric(k): v for k, v in counts.items()})
     writer.end_watch("KILLED")  # a child left open by an interrupt
-    writer.end(parent, "KILLED" if counts.get("killed") else "FINISHED")
+    if _Active.child_id is not None:
+        writer.end(_Active.child_id, "KILLED")
+    stopped = counts.get("killed") or len(results) < _Active.planned_runs   # interrupted between runs too
+    writer.end(parent, "KILLED" if stopped else "FINISHED")
     _Active.writer = _Active.parent_id = _Active.child_id = None

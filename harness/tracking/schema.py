@@ -34,6 +34,7 @@ class Tag:
     GIT_COMMIT = "harness.git_commit"
     VERSIONS = "harness.versions"
     DEVICE = "harness.device"
+    CONTENDED = "harness.contended"            # "true": other processes competed for the run's cores
     # tuning
     STUDY = "harness.study"
     STORAGE = "harness.storage"
@@ -62,6 +63,7 @@ class Param:
     TARGET = "params.target"             # child: the budget, beside the config
     ACHIEVED = "params.achieved"
     GAP = "params.gap"
+    KNOB_VALUE = "budget.knob_value"     # child: the budget knob's matched value (budget.knob names it)
 
 
 class Artifact:
@@ -73,14 +75,15 @@ class Artifact:
     SUMMARY_CSV = "summary.csv"
     RESULTS_MD = "results.md"
     LEARNING_CURVES = "learning_curves.png"
-    METRIC_VS_PARAMS = "metric_vs_params.png"
+    METRIC_VS_PARAMS = "metric_vs_params.png"   # no longer written: a report removes it from its folder
+    METRIC_VS_COST = "metric_vs_cost.png"       # the metric vs FLOPs per token and vs throughput
     PROFILE_DIR = "profile"              # child: torch.profiler trace and operator table
     BENCH_CSV = "bench.csv"
     BENCH_PLOT = "bench.png"
 
 
 PARENT_ARTIFACTS = (Artifact.SUITE, Artifact.RESULTS_CSV, Artifact.SUMMARY_CSV, Artifact.RESULTS_MD,
-                    Artifact.LEARNING_CURVES, Artifact.METRIC_VS_PARAMS)
+                    Artifact.LEARNING_CURVES, Artifact.METRIC_VS_COST)
 
 BENCH_EXPERIMENT = "bench"
 
@@ -127,11 +130,12 @@ def metric_key(name: str) -> str:
     return _UNSAFE.sub("_", name.replace("@", "_at_"))
 
 
-def flatten(prefix: str, value: Any) -> dict[str, str]:
-    """Nested config -> dotted param names with string values, cut to MLflow's length limit."""
+def flatten(prefix: str, value: Any, *, skip_none: bool = False) -> dict[str, str]:
+    """Nested config -> dotted param names with string values, cut to MLflow's length limit;
+    ``skip_none`` leaves unset keys out (MLflow params) instead of writing "None"."""
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for k, v in value.items():
-            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v, skip_none=skip_none))
         return out
-    return {prefix: str(value)[:MAX_PARAM_CHARS]}
+    return {} if value is None and skip_none else {prefix: str(value)[:MAX_PARAM_CHARS]}

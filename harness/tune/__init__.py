@@ -6,9 +6,10 @@ Each chosen variant is checked first (its search space, every tuned key against 
 tuned in turn: its study ``<suite>.<variant>`` holds a queue of N trials that this process and its
 workers (and any other process on the same storage) claim until none is left. A trial trains the
 variant with the sampled values on the first seed for ``[tune].steps`` and is scored on the
-validation metric, never on test. The best trial per variant goes to
-``results/<suite>/best_params.json``, and ``harness run SUITE --best`` re-runs every variant with its
-best trial's params over all seeds (``best_values``).
+validation metric, never on test. A study's budget only grows: ``--trials N`` is its total over every
+run of the command. The best trial per study goes to ``results/<suite>/best_params.<study>.json``
+(keyed by storage inside), and ``harness run SUITE --best`` re-runs every variant with its best
+trial's params, read from the studies in the storage, over all seeds (``best_values``).
 
 - ``space``: the search-space format and where a variant's space comes from.
 - ``trial_suite``: the tuned metric and the suite one trial trains; the pre-flight space check.
@@ -17,7 +18,7 @@ best trial's params over all seeds (``best_values``).
 - ``trials``: running one trial (objective, pruning, outcome) and the worker loop.
 - ``workers``: spawning and stopping ``--workers`` processes, signal handling.
 - ``mlflow_runs``: the tune-parent and per-trial MLflow runs.
-- ``best``: best_params.json and the values for ``run --best``.
+- ``best``: the best_params.<study>.json files and the values for ``run --best``.
 - ``session``: ``tune()``, one invocation over the chosen variants, and its summary table.
 """
 from harness.tune.best import best_values, write_best

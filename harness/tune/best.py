@@ -1,8 +1,10 @@
-"""Each variant's best trial: ``results/<suite>/best_params.json`` after tuning, and the values
-``harness run SUITE --best`` gives every variant before re-running it over all seeds."""
+"""Each study's best trial: ``results/<suite>/best_params.<study>.json`` after tuning (keyed by
+storage inside), and the values ``harness run SUITE --best`` gives every variant, read from the
+studies themselves, before re-running it over all seeds."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +16,32 @@ from harness.tune.storage import DEFAULT_STORAGE, display_url, open_storage
 from harness.tune.study import study_name
 from harness.tune.trial_suite import variant_values
 
-BEST_FILE = "best_params.json"
 
-
-def best_path(suite: Suite) -> Path:
-    return suite.output_dir / BEST_FILE
+def best_path(suite: Suite, study: str) -> Path:
+    """One file per study, so that a variant, or a --study of its own, never overwrites another's."""
+    return suite.output_dir / f"best_params.{re.sub(r'[^A-Za-z0-9._-]+', '_', study)}.json"
 
 
 def set_items(values: dict[str, Any]) -> list[str]:
-    """Suite values as the ``--set`` items that give them, for people to copy from best_params.json
+    """Suite values as the ``--set`` items that give them, for people to copy from a best_params file
     (TOML and JSON spell booleans, finite numbers and strings alike, and --set reads both)."""
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 def write_best(suite: Suite, variant: str, entry: dict[str, Any]) -> Path:
-    """Record a variant's entry in best_params.json, keeping the other variants' entries."""
-    path = best_path(suite)
+    """Record a study's summary (``entry``, with its ``study`` and ``storage``) in the study's file,
+    under its storage: a study of the same name in another storage keeps its own entry."""
+    path = best_path(suite, entry["study"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"suite": suite.name, "variants": {}}
+    data: dict[str, Any] = {}
     if path.exists():
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
             pass
-    data.setdefault("variants", {})[variant] = entry
-    data["suite"] = suite.name
+    storages = data.get("storages") if isinstance(data.get("storages"), dict) else {}
+    storages[entry["storage"]] = entry
+    data = {"suite": suite.name, "variant": variant, "study": entry["study"], "storages": storages}
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
 

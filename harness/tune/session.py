@@ -98,7 +98,7 @@ def _variant_runs(s: Session, p: Prepared, name: str, steps: int, waiting: int) 
 
 
 def _record_best(s: Session, variant: str, name: str, study: optuna.Study, runs: VariantRuns) -> dict[str, Any]:
-    """The variant's summary, written to best_params.json and attached to the parent run."""
+    """The variant's summary, written to its study's best_params file and attached to the parent run."""
     summary = summarize(study)
     summary.update(study=name, storage=display_url(s.url), metric=s.metric, direction=s.direction,
                    overrides=set_items(variant_values(variant, summary["params"])))
@@ -181,7 +181,8 @@ def tune(suite: Suite, *, suite_path: str, overrides: list[str], variants: list[
     if not session.joined:
         _print_table(suite, results, metric, echo)
         if results:
-            echo(f"Best params: {best_path(suite)}. Re-run them over all seeds: "
+            files = ", ".join(str(best_path(suite, s["study"])) for s in results.values())
+            echo(f"Best params (one file per study, by storage): {files}. Re-run them over all seeds: "
                  f"harness run {suite_path} --best" + (f" --storage {storage}" if storage else ""))
     return results
 

@@ -15,7 +15,7 @@ from harness.suite import Suite, SuiteError, TrainSection, apply_values, parse_s
 from harness.tune.space import Param
 
 # Where things live and which device trains may differ between the machines sharing a study.
-_LOCAL_KEYS = re.compile(r"^suite\.output_dir$|^task\..*(root|dir|path|cache|download|workers)|(^|\.)train\.device$")
+_LOCAL_KEYS = re.compile(r"^suite\.output_dir$|^task\..*(root|dir|path|cache|download|workers)|(^|\.)train\.(device|threads)$")
 
 
 def tuned_metric(suite: Suite) -> tuple[str, str]:

@@ -74,6 +74,12 @@ class EdgewiseAttention(nn.Module):
         self.chain_value_logit = nn.Parameter(torch.tensor(float(chain_value_init)))
         self.proj = nn.Linear(dim, dim, bias=False)
 
+    def no_weight_decay(self) -> set[str]:
+        """The per-view gains start at 1 and are no weight matrices: decay would pull every view's
+        scores and values to 0 (harness.train.param_groups). log_beta, shaped (H, 1, 1), is a gain
+        by harness's default rule already."""
+        return {"qk_scale", "v_scale"} if self.share else set()
+
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """-> q (B, H, V, T, Dh) with the 1/sqrt(Dh) scale folded in, k (B, H, V|1, T, Dh) (one k
         shared by every view), v_1, v_n (B, H, T, Dh)."""

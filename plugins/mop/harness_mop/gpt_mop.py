@@ -9,6 +9,7 @@ kernel_size - 1 tokens, stored in the block's cache next to the mixer's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,15 +38,22 @@ class MoPBlock(Block):
         return x + self.mlp(self.norm2(x))
 
 
+@dataclass
+class GPTMoPConfig(LMConfig):
+    """The lm's config keys and the token gate's."""
+
+    views: int = 5
+    kernels: int = 3
+    kernel_size: int = 3
+
+
 class GPTMoP(LM):
-    def __init__(self, meta: TaskMeta, cfg: LMConfig, mixer: str, mixer_options: dict[str, Any] | None = None,
-                 views: int = 5, kernels: int = 3, kernel_size: int = 3):
+    def __init__(self, meta: TaskMeta, cfg: GPTMoPConfig, mixer: str, mixer_options: dict[str, Any] | None = None):
         super().__init__(meta, cfg, mixer, mixer_options)
         self.blocks = torch.nn.ModuleList(
-            MoPBlock(b, CausalTokenGate(cfg.dim, views, kernels, kernel_size)) for b in self.blocks)
+            MoPBlock(b, CausalTokenGate(cfg.dim, cfg.views, cfg.kernels, cfg.kernel_size)) for b in self.blocks)
 
 
 def build_gpt_mop(meta: TaskMeta, *, mixer: str = "mop.quartet", mixer_options: dict[str, Any] | None = None,
-                  views: int = 5, kernels: int = 3, kernel_size: int = 3, **config: Any) -> GPTMoP:
-    return GPTMoP(meta, LMConfig(**config), mixer, mixer_options, views=views, kernels=kernels,
-                  kernel_size=kernel_size)
+                  **config: Any) -> GPTMoP:
+    return GPTMoP(meta, GPTMoPConfig(**config), mixer, mixer_options)

@@ -30,6 +30,11 @@ class LensBank(nn.Module):
         taps[..., 2 if causal else 1] += 1.0                      # start near identity: tap at offset 0
         self.taps = nn.Parameter(taps)
 
+    def no_weight_decay(self) -> set[str]:
+        """The taps start at the identity filter: decay would pull the lens views' q and k to 0
+        rather than to plain view 1 (harness.train.param_groups)."""
+        return {"taps"}
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k (B, H, T, Dh) -> q_lens, k_lens (B, H, L, T, Dh)."""

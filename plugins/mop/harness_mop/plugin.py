@@ -56,11 +56,11 @@ def register_mixers(register):
 @hookimpl
 def register_models(register):
     register(ModelSpec(
-        "mop.vit", "harness_mop.vit_mop:build_vit_mop", inputs=("image",),
+        "mop.vit", "harness_mop.vit_mop:build_vit_mop", inputs=("image",), config="harness_mop.vit_mop:ViTMoPConfig",
         description="ViT-MoP: harness ViT + MoP spatial gate (views, 3x3 kernels, exc/inh fusion) before pooling",
     ))
     register(ModelSpec(
-        "mop.gpt", "harness_mop.gpt_mop:build_gpt_mop", inputs=("tokens",),
+        "mop.gpt", "harness_mop.gpt_mop:build_gpt_mop", inputs=("tokens",), config="harness_mop.gpt_mop:GPTMoPConfig",
         description="GPT-MoP: harness LM + causal, bounded MoP token gate after each mixer (default mixer "
                     "mop.quartet)",
     ))

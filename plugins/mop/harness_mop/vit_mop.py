@@ -10,6 +10,7 @@ hid = max(8, V + K)):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,11 +26,18 @@ def extra_params(dim: int, views: int = 5, kernels: int = 3) -> int:
     return views * dim + 9 * views * 16 + 16 * kernels + (views + kernels) * hid + 2 * hid + 2 + 2
 
 
+@dataclass
+class ViTMoPConfig(ViTConfig):
+    """The vit's config keys and the gate's."""
+
+    views: int = 5
+    kernels: int = 3
+
+
 class ViTMoP(ViT):
-    def __init__(self, meta: TaskMeta, cfg: ViTConfig, mixer: str, mixer_options: dict[str, Any] | None = None,
-                 views: int = 5, kernels: int = 3):
+    def __init__(self, meta: TaskMeta, cfg: ViTMoPConfig, mixer: str, mixer_options: dict[str, Any] | None = None):
         super().__init__(meta, cfg, mixer, mixer_options)
-        self.mop = GridGate(cfg.dim, self.grid, views, kernels)
+        self.mop = GridGate(cfg.dim, self.grid, cfg.views, cfg.kernels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.mop(self.features(images))                       # (B, N, D), every patch gated
@@ -42,5 +50,5 @@ class ViTMoP(ViT):
 
 
 def build_vit_mop(meta: TaskMeta, *, mixer: str = "softmax", mixer_options: dict[str, Any] | None = None,
-                  views: int = 5, kernels: int = 3, **config: Any) -> ViTMoP:
-    return ViTMoP(meta, ViTConfig(**config), mixer, mixer_options, views=views, kernels=kernels)
+                  **config: Any) -> ViTMoP:
+    return ViTMoP(meta, ViTMoPConfig(**config), mixer, mixer_options)
