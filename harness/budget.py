@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-KNOBS = ("dim", "mlp_ratio", "depth")
+from harness.specs import BUDGET_KNOBS
 
 
 class BudgetError(ValueError):
@@ -72,7 +72,7 @@ def knob_candidates(knob: str, config: dict[str, Any]) -> list[int | float]:
     if knob == "mlp_ratio":
         dim = int(config["dim"])
         return [h / dim for h in range(1, 16 * dim + 1)]  # every integer hidden width up to 16x
-    raise BudgetError(f"unknown budget knob {knob!r}; choose one of {', '.join(KNOBS)}")
+    raise BudgetError(f"unknown budget knob {knob!r}; choose one of {', '.join(BUDGET_KNOBS)}")
 
 
 def match_budget(build: Callable[[dict[str, Any]], nn.Module], config: dict[str, Any], *, target: int,

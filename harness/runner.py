@@ -71,8 +71,9 @@ def _execute(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path, threads:
     counts = count_params(model)
     cfg = TrainSection.model_validate(run.train)
     device = resolve_device(cfg.device)
-    example = task.splits()["val"][0][:2]
-    tokens = example.shape[0] * (model.grid[0] * model.grid[1] if hasattr(model, "grid") else example.shape[1])
+    example = _example_inputs(task)
+    tokens_per_sample = _tokens_per_sample(task, model, example)
+    tokens = example[0].shape[0] * tokens_per_sample
     efficiency: dict[str, float] = {
         "params": counts.total, "non_embedding_params": counts.non_embedding,
         "flops_per_token": flops_per_token(model.eval(), example, tokens), "threads": threads,
@@ -89,13 +90,36 @@ def _execute(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path, threads:
                       loop_overhead=outcome.loop_overhead, peak_mem_mb=memory.delta_mb,
                       decayed_params=outcome.decayed_params, contended=float(load.contended),
                       other_busy_cores=load.other_busy_cores)
-    tokens_per_sample = tokens // example.shape[0]
     efficiency["tokens_per_s"] = outcome.samples_per_s * tokens_per_sample
-    artifacts = {}
+    if getattr(task, "audio_seconds_per_sample", None):
+        efficiency["audio_s_per_s"] = outcome.samples_per_s * task.audio_seconds_per_sample
+    folder = out_dir / "artifacts" / f"{run.variant}-seed{run.seed}"
+    artifacts = {f"{Artifact.SAMPLES_DIR}/{name}": path
+                 for name, path in (task.artifacts(model, folder) if hasattr(task, "artifacts") else {}).items()}
     if run.profile:
-        artifacts = _profile(run, model, task, cfg, device, efficiency, tokens_per_sample, out_dir)
+        artifacts.update({f"{Artifact.PROFILE_DIR}/{name}": path for name, path in
+                          _profile(run, model, task, cfg, device, efficiency, tokens_per_sample, out_dir).items()})
     return RunResult(run, "finished", metrics=outcome.metrics, efficiency=efficiency, history=outcome.history,
                      artifacts=artifacts)
+
+
+def _example_inputs(task: Any, n: int = 2) -> tuple[Any, ...]:
+    """What the model is called with for one small batch (counting FLOPs): ``task.example_inputs(n)``
+    when the task defines it (several inputs, e.g. audio features and decoder tokens), else the
+    first ``n`` validation inputs."""
+    if hasattr(task, "example_inputs"):
+        return tuple(task.example_inputs(n))
+    return (task.splits()["val"][0][:n],)
+
+
+def _tokens_per_sample(task: Any, model: Any, example: tuple[Any, ...]) -> int:
+    """Positions the mixers see per sample: ``task.tokens_per_sample`` when set, else the model's
+    patch grid, else the input's length."""
+    if getattr(task, "tokens_per_sample", None):
+        return int(task.tokens_per_sample)
+    if hasattr(model, "grid"):
+        return model.grid[0] * model.grid[1]
+    return int(example[0].shape[1])
 
 
 def _profile(run: Run, model: Any, task: Any, cfg: Any, device: Any, efficiency: dict[str, float],

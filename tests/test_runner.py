@@ -138,8 +138,8 @@ def test_profiled_run_records_trace_table_and_mfu(in_tmp):
     results = run_suite(suite(in_tmp, "profile.enabled=true", "profile.steps=2", "train.steps=4"), variants=["softmax"])
     r = results[0]
     assert set(r.artifacts) == {"trace", "table"}
-    assert json.load(open(r.artifacts["trace"]))["traceEvents"]
-    assert "aten::" in open(r.artifacts["table"]).read()
+    assert json.load(open(r.artifacts["profile/trace"]))["traceEvents"]
+    assert "aten::" in open(r.artifacts["profile/table"]).read()
     assert r.efficiency["flops_per_step"] > 0 and 0 < r.efficiency["mfu"] < 1
 
 

@@ -89,8 +89,8 @@ def run_finished(run: Any, result: Any) -> None:
     final = result.efficiency if result.status == "finished" else {**result.metrics, **result.efficiency}
     writer.metrics(child, final, step=run.train["steps"])
     _log_budget(writer, child, result.efficiency)
-    for path in result.artifacts.values():
-        writer.artifact(child, path, Artifact.PROFILE_DIR)
+    for name, path in result.artifacts.items():  # "profile/trace.json" -> artifact folder "profile"
+        writer.artifact(child, path, name.rpartition("/")[0] or Artifact.PROFILE_DIR)
     tags = {Tag.STATUS: result.status, **({Tag.ERROR: result.error} if result.error else {})}
     if "contended" in result.efficiency:
         tags[Tag.CONTENDED] = str(bool(result.efficiency["contended"])).lower()

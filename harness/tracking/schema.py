@@ -78,6 +78,7 @@ class Artifact:
     METRIC_VS_PARAMS = "metric_vs_params.png"   # no longer written: a report removes it from its folder
     METRIC_VS_COST = "metric_vs_cost.png"       # the metric vs FLOPs per token and vs throughput
     PROFILE_DIR = "profile"              # child: torch.profiler trace and operator table
+    SAMPLES_DIR = "samples"              # child: what a task shows of a trained model (e.g. generated text)
     BENCH_CSV = "bench.csv"
     BENCH_PLOT = "bench.png"
 
