@@ -137,7 +137,7 @@ def test_profiled_run_records_trace_table_and_mfu(in_tmp):
     tracking.configure(enabled=False)
     results = run_suite(suite(in_tmp, "profile.enabled=true", "profile.steps=2", "train.steps=4"), variants=["softmax"])
     r = results[0]
-    assert set(r.artifacts) == {"trace", "table"}
+    assert set(r.artifacts) == {"profile/trace", "profile/table"}
     assert json.load(open(r.artifacts["profile/trace"]))["traceEvents"]
     assert "aten::" in open(r.artifacts["profile/table"]).read()
     assert r.efficiency["flops_per_step"] > 0 and 0 < r.efficiency["mfu"] < 1
