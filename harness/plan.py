@@ -175,8 +175,9 @@ def _capability_problem(suite: Suite, name: str, task: Any, task_spec: Any, mode
     return _knob_problem(suite, model_spec)
 
 
-def plan_suite(suite: Suite, *, check_data: bool = True, match: bool = True) -> dict[str, Plan]:
-    """Each variant's Plan (budget matched when ``match``); SuiteError lists every problem."""
+def plan_suite(suite: Suite, *, check_data: bool = True, match: bool = True, contract: bool = False) -> dict[str, Plan]:
+    """Each variant's Plan (budget matched when ``match``); SuiteError lists every problem. With
+    ``contract``, every mixer is also probed for leaks on this task (harness.contract_gate)."""
     regs = get_registries()
     problems: list[str] = []
     task_spec = _check_header(suite, problems)
@@ -199,6 +200,10 @@ def plan_suite(suite: Suite, *, check_data: bool = True, match: bool = True) -> 
         plan = _plan(suite, name, model_spec, task.meta, path, problems, match)
         if plan is not None:
             plans[name] = plan
+    if contract and not problems and task is not None:
+        from harness.contract_gate import gate_problems
+
+        problems += gate_problems(suite, task, task_spec, plans)
     if problems:
         raise SuiteError(list(dict.fromkeys(problems)))  # a suite-wide problem is said once
     return plans

@@ -243,12 +243,15 @@ class _Interrupts:
                 raise KeyboardInterrupt(SIGNAL_CAUSES[self.signum])  # type: ignore[index]
 
 
-def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any = None) -> list[RunResult]:
+def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any = None,
+              contract: bool = True) -> list[RunResult]:
     """Run every (variant, seed); returns results in plan order. Ctrl-C or SIGTERM marks the
-    current run killed, closes the trackers, reports what finished, and raises SuiteInterrupted."""
+    current run killed, closes the trackers, reports what finished, and raises SuiteInterrupted.
+    ``contract=False`` skips the contract gate (harness.contract_gate); the runs say so."""
     from rich.console import Console
 
     execution = _Execution(suite, console or Console())
+    execution.contract = contract
     with _Interrupts() as interrupts:
         try:
             return execution.run(variants, interrupts)
@@ -269,13 +272,19 @@ class _Execution:
         self.results: list[RunResult] = []
         self.current: tuple[Run, str | None] | None = None   # the training run and its tracker id
         self.open = False                                     # suite_started called, suite_finished not
+        self.contract = True                                  # probe the mixers before training
 
     def run(self, variants: list[str] | None, interrupts: _Interrupts) -> list[RunResult]:
         suite, hook = self.suite, self.hook
         _check_variants(suite, variants)
-        plans = plan_suite(suite)
+        plans = plan_suite(suite, contract=self.contract)
         task = build_task(suite)
         runs = suite.runs(variants)
+        if not self.contract:
+            self.console.print("[yellow]warning: --no-contract: the mixers were not probed for leaks before "
+                               "training; every run is tagged contract=skipped[/yellow]")
+            for run in runs:
+                run.contract_skipped = True
         _write_suite_info(suite, suite.output_dir)
         skipped_lines = self.log.read().warning()   # resume skips a line cut short by a crash: say so
         if skipped_lines:

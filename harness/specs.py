@@ -124,6 +124,8 @@ class TaskSpec(_Spec):
     metrics: tuple[str, ...] = field(default=(), kw_only=True)
     causal: bool = field(default=False, kw_only=True)
     needs_padding: bool = field(default=False, kw_only=True)
+    # The unit the results table shows throughput in: "samples", "tokens" or "audio_seconds".
+    throughput: str = field(default="samples", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,15 @@ class ComponentSpec(_Loadable):
 class TaskMeta:
     """What a backbone needs to know about a task's inputs and outputs."""
 
-    input: str                              # "image" | "tokens" | "token_pairs"
+    input: str                              # "image" | "tokens" | "token_pairs" | "audio"
     num_classes: int = 0                    # classifier outputs; 0 for language modelling
     image_size: tuple[int, int] | None = None
     channels: int = 3
     vocab_size: int = 0
     max_len: int = 0                        # tokens per example (images: set by the patch grid)
     causal: bool = False
+    features: int = 0                       # audio: feature values per frame (log-mel bins)
+    max_frames: int = 0                     # audio: feature frames per example, padded
 
 
 @dataclass
@@ -173,6 +177,7 @@ class Run:
     budget: dict[str, Any] | None = None          # {"params": 200000, "tolerance": 0.02, "knob": "dim", ...}
     profile: dict[str, Any] | None = None
     overrides: tuple[str, ...] = ()               # per-variant [model]/[train] keys, flagged in reports
+    contract_skipped: bool = False                # run with --no-contract: its mixer was not probed for leaks
     config_hash: str = ""
 
     @property

@@ -121,9 +121,12 @@ def _grids(spec: Any, max_len: int) -> tuple[tuple[int, int], ...]:
 
 
 def contract_report(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2, seed: int = 0,
-                    checks: tuple[str, ...] | None = None, max_len: int = 16, **options: Any) -> ContractReport:
+                    checks: tuple[str, ...] | None = None, max_len: int = 16,
+                    grids: tuple[tuple[int, int], ...] | None = None, cut_sample: int | None = None,
+                    **options: Any) -> ContractReport:
     """Measure every property that applies; never raises for a broken property (a mixer that
-    crashes is recorded as failing the property that crashed)."""
+    crashes is recorded as failing the property that crashed). ``grids`` replaces the default
+    lengths; ``cut_sample`` checks a seeded sample of that many causal cut points instead of all."""
     spec = mixer_spec(name)
     wanted = set(checks or PROPERTIES)
     unknown = wanted - set(PROPERTIES)
@@ -135,11 +138,12 @@ def contract_report(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2,
     wanted = {p for p in wanted if applies.get(p, True)}
     report = ContractReport(name, dict(options))
     checker = _Checker(name, dim, heads, batch, seed, options, report)
+    checker.cut_sample = cut_sample
     for prop in PROPERTIES:
         if prop not in wanted:
             continue
         try:
-            getattr(checker, f"check_{prop}")(_grids(spec, max_len), spec)
+            getattr(checker, f"check_{prop}")(grids or _grids(spec, max_len), spec)
         except _Failed as failed:
             report.record(prop, failed.measured, failed.threshold, False, failed.detail, failed.title)
         except Exception as exc:  # the mixer crashed while this property was measured
@@ -192,6 +196,7 @@ class _Checker:
         self.name, self.dim, self.heads, self.batch, self.seed, self.options = name, dim, heads, batch, seed, options
         self.report = report
         self.gen = torch.Generator().manual_seed(seed + 1)
+        self.cut_sample: int | None = None
 
     # -- building ---------------------------------------------------------------------------
 
@@ -217,6 +222,14 @@ class _Checker:
             yield f"T={grid[0] * grid[1]}", grid, self.build(grid)
             if spec.causal_ok:
                 yield f"causal T={grid[0] * grid[1]}", grid, self.build(grid, causal=True)
+
+    def cut_points(self, t: int) -> list[int]:
+        """Every cut point, or a seeded sample that keeps the first and the last."""
+        cuts = list(range(t - 1))
+        if self.cut_sample is None or self.cut_sample >= len(cuts):
+            return cuts
+        inner = torch.randperm(len(cuts) - 2, generator=torch.Generator().manual_seed(t))[: self.cut_sample - 2] + 1
+        return sorted({0, t - 2, *inner.tolist()})
 
     def passed(self, prop: str, figure: str, worst: float, limit: float, detail: str = "") -> None:
         self.report.figures[figure] = worst
@@ -379,7 +392,7 @@ class _Checker:
     def check_causal(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
         worst = 0.0
         for t, module, x, y in self.causal_runs(grids):
-            for cut in range(t - 1):
+            for cut in self.cut_points(t):
                 y2 = self.run(module, _perturbed(x, _positions(x, slice(cut + 1, None)), self.gen))
                 dev = _rel_dev(y[:, : cut + 1], y2[:, : cut + 1], y)
                 worst = max(worst, _at_most(dev, LEAK_RTOL, lambda: f"T={t}: changing tokens after position {cut} "
@@ -452,6 +465,17 @@ class _Checker:
         self.passed("kv_cache", "kv_cache", worst, TRUNCATION_RTOL)
 
 
+def leak_probes(name: str, *, length: int, causal: bool, padding: bool, dim: int = 32, heads: int = 4,
+                cut_sample: int = 8, **options: Any) -> ContractReport:
+    """The fast part of the contract a suite's run depends on: the causal leak (a sample of cut
+    points) when ``causal`` and the padding leak when ``padding``, at the suite's length and width.
+    What ``harness validate`` and ``harness run`` check before any training."""
+    checks = tuple(p for p, wanted in (("causal", causal), ("padding", padding)) if wanted)
+    h = max(d for d in range(1, int(length ** 0.5) + 1) if length % d == 0)
+    return contract_report(name, dim=dim, heads=heads, checks=checks, grids=((h, length // h),),
+                           cut_sample=cut_sample, **options)
+
+
 @contextmanager
 def temporary_plugin(plugin: object, name: str | None = None) -> Iterator[None]:
     """Register a plugin object (module or class with hookimpls) for the duration of a block.
@@ -470,4 +494,4 @@ def temporary_plugin(plugin: object, name: str | None = None) -> Iterator[None]:
         plugins.unregister(plugin, registered)
 
 
-__all__ = ["check_mixer", "contract_report", "ContractReport", "PropertyCheck", "PROPERTIES", "temporary_plugin"]
+__all__ = ["check_mixer", "contract_report", "leak_probes", "ContractReport", "PropertyCheck", "PROPERTIES", "temporary_plugin"]

@@ -19,12 +19,13 @@ class Validation:
     problems: list[str] = field(default_factory=list)
 
 
-def validate_suite(suite: Suite) -> dict[str, Plan]:
-    """Every check a run makes before training, data included; raises SuiteError listing each problem."""
-    return plan_suite(suite, check_data=True)
+def validate_suite(suite: Suite, *, contract: bool = True) -> dict[str, Plan]:
+    """Every check a run makes before training, data and the contract gate included; raises
+    SuiteError listing each problem."""
+    return plan_suite(suite, check_data=True, contract=contract)
 
 
-def validate_file(path: str, overrides: Iterable[str] = ()) -> Validation:
+def validate_file(path: str, overrides: Iterable[str] = (), *, contract: bool = True) -> Validation:
     """Every problem of a suite file in one pass: schema problems, then what planning finds in the
     rest of the suite (names, capabilities, data, budgets), then the device."""
     try:
@@ -35,7 +36,7 @@ def validate_file(path: str, overrides: Iterable[str] = ()) -> Validation:
         return Validation(None, problems=problems)
     plans: dict[str, Plan] = {}
     try:
-        plans = validate_suite(suite)
+        plans = validate_suite(suite, contract=contract)
     except SuiteError as exc:
         problems += exc.problems
     problems += device_problems(suite)

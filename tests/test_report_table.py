@@ -202,3 +202,21 @@ def test_reporter_after_one_variant_keeps_the_folder_complete(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: not overwriting" in out and "elsewhere/seed0" in out
     assert len(pd.read_csv(tmp_path / "results.csv")) == 10
+
+
+def test_throughput_is_shown_in_the_unit_the_task_declares():
+    from harness import TaskSpec, hookimpl
+    from harness.testing import temporary_plugin
+
+    class Tasks:
+        @hookimpl
+        def register_tasks(register):
+            register(TaskSpec("tiny", "x:y", throughput="audio_seconds"))
+
+    results = [result("softmax", s, 0.8 + s / 100) for s in range(2)]
+    for r in results:
+        r.efficiency.update(tokens_per_s=64_000.0 + r.run.seed, audio_s_per_s=12_345.0)
+    assert "samples/s" in console_text(results)            # "tiny" is not installed: samples
+    with temporary_plugin(Tasks, name="tasks"):
+        text = console_text(results)
+    assert "audio s/s" in text and "12,345" in text and "samples/s" not in text

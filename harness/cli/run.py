@@ -76,9 +76,11 @@ def interrupted_message(exc: Any, output_dir: Any) -> str:
 @click.option("--storage", default=None, help="Optuna storage for --best (default: sqlite:///mlruns/optuna.db).")
 @click.option("--profile", is_flag=True, help="Profile every run (as [profile] enabled = true): torch.profiler "
               "trace and operator table, FLOPs per step and MFU.")
+@click.option("--no-contract", is_flag=True, help="Skip the contract gate: on a causal or padded task every mixer "
+              "is otherwise probed for leaks before training and refused if it leaks. The runs are tagged.")
 def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str, ...], no_track: bool,
                 tracking_uri: str | None, output_dir: str | None, best: bool, storage: str | None,
-                profile: bool) -> None:
+                profile: bool, no_contract: bool) -> None:
     """Run a suite: every variant x seed, parameter-matched, tracked, summarised."""
     from harness import tracking
     from harness.suite import SuiteError
@@ -96,7 +98,7 @@ def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str
 
     keep_freed_memory()
     try:
-        results = run_suite(suite, variants=list(variants) or None)
+        results = run_suite(suite, variants=list(variants) or None, contract=not no_contract)
     except SuiteError as exc:
         exit_with_problems(suite_path, exc.problems)
     except SuiteInterrupted as exc:

@@ -78,10 +78,16 @@ def _fmt_thousands(value: Any) -> str:
     return f"{value:,.0f}" if is_finite(value) else "–"
 
 
+# TaskSpec.throughput -> (column header, summary column)
+THROUGHPUT = {"samples": ("samples/s", "samples_per_s"), "tokens": ("tokens/s", "tokens_per_s"),
+              "audio_seconds": ("audio s/s", "audio_s_per_s")}
+THROUGHPUT_HEADERS = {column: header for header, column in THROUGHPUT.values()}
+
+
 @dataclass(frozen=True)
 class _Layout:
     dec: int              # decimals of the metric
-    show_tokens: bool     # tokens/s instead of samples/s
+    throughput: str       # the summary column the throughput cells show
     knobs: tuple[str, ...]  # the knob names of the variants (none: no knob column)
     show_flops: bool
     ref_n: int            # finished seeds of the reference
@@ -116,7 +122,7 @@ def _row_cells(r: Any, layout: _Layout) -> list[str]:
     mean = "–"
     if is_finite(r.mean):
         mean = f"{r.mean:.{dec}f}" + (f" ± {r.std:.{dec}f}" if is_finite(r.std) else "")
-    throughput = _fmt_thousands(r.tokens_per_s if layout.show_tokens else r.samples_per_s)
+    throughput = _fmt_thousands(getattr(r, layout.throughput))
     if is_finite(r.n_contended) and r.n_contended > 0 and throughput != "–":
         throughput += CONTENDED_MARK
     cells = [f"{r.variant}{OVERRIDE_MARK}" if r.overridden else str(r.variant), str(r.mixer or ""), params]
@@ -135,7 +141,7 @@ def _layout(summary: "pd.DataFrame") -> _Layout:
     has_knob = summary["knob_value"].notna().any()
     return _Layout(
         dec=decimals(summary),
-        show_tokens=summary["tokens_per_s"].notna().any() and not summary["samples_per_s"].notna().any(),
+        throughput=THROUGHPUT[summary.attrs.get("throughput", "samples")][1],
         knobs=tuple(dict.fromkeys(k for k in summary["knob"] if k)) if has_knob else (),
         show_flops=summary["flops_per_token"].notna().any(),
         ref_n=int(summary.loc[summary["reference"].astype(bool), "n"].max()) if has_ref else 0,
@@ -149,7 +155,7 @@ def summary_table(summary: "pd.DataFrame", metric: str) -> SummaryTable:
     names = {"variant": "variant", "mixer": "mixer", "params": "params (gap)",
              "knob": layout.knobs[0] if len(layout.knobs) == 1 else "knob", "flops": "FLOPs/token",
              "mean": f"{metric} mean ± std", "ci": "95% CI", "delta": "Δ vs ref (p, Holm p)",
-             "throughput": "tokens/s" if layout.show_tokens else "samples/s", "memory": "peak MB",
+             "throughput": THROUGHPUT_HEADERS[layout.throughput], "memory": "peak MB",
              "finished": "finished"}
     columns = [c for c in COLUMN_IDS
                if (c != "knob" or layout.knobs) and (c != "flops" or layout.show_flops)]

@@ -6,8 +6,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from harness.report.cells import (OVERRIDE_MARK, SummaryTable, contended_note, explanation, failures, first_line,
-                                  override_notes, summary_table)
+from harness.report.cells import (OVERRIDE_MARK, THROUGHPUT_HEADERS, SummaryTable, contended_note, explanation,
+                                  failures, first_line, override_notes, summary_table)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -115,7 +115,7 @@ def _print_notes(console: "Console", summary: "pd.DataFrame", metric: str, hidde
     for note in override_notes(summary):
         console.print(f"{OVERRIDE_MARK} per-variant overrides — {escape(note)}")
     busy = contended_note(summary)
-    if busy and not {"samples/s", "tokens/s"} & set(hidden):   # the mark is on the throughput column
+    if busy and not set(THROUGHPUT_HEADERS.values()) & set(hidden):   # the mark is on the throughput column
         console.print(escape(busy))
     console.print(f"[dim]{escape(explanation(summary, metric))}[/dim]")
     failed = failures(summary, frame)

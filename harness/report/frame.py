@@ -21,17 +21,17 @@ from harness.specs import RunResult
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-_FRAME_FIXED = ("variant", "mixer", "seed", "status", "error", "overrides", "knob")
+_FRAME_FIXED = ("variant", "mixer", "seed", "status", "error", "overrides", "knob", "task")
 
 SUMMARY_COLUMNS = (
     "variant", "mixer", "reference", "n_planned", "n_runs", "n_finished", "n_failed", "n_killed",
     "full_seeds", "params", "target_params", "param_gap_pct", "knob", "knob_value", "flops_per_token",
     "metric", "n", "mean", "std", "ci95", "n_paired", "delta", "p_value", "p_holm",
-    "samples_per_s", "tokens_per_s", "n_contended", "peak_mem_mb", "decayed_params", "threads",
+    "samples_per_s", "tokens_per_s", "audio_s_per_s", "n_contended", "peak_mem_mb", "decayed_params", "threads",
     "overridden", "overrides", "best",
 )
 # efficiency figures averaged over a variant's finished runs
-_MEAN_FIGURES = ("samples_per_s", "tokens_per_s", "peak_mem_mb", "flops_per_token", "knob_value",
+_MEAN_FIGURES = ("samples_per_s", "tokens_per_s", "audio_s_per_s", "peak_mem_mb", "flops_per_token", "knob_value",
                  "decayed_params", "threads")
 
 
@@ -54,6 +54,7 @@ def _frame_row(result: RunResult, value_keys: list[str]) -> dict[str, Any]:
         "overrides": ",".join(run.overrides or ()),
         # the config key the budget matcher searched; its matched value is efficiency["knob_value"]
         "knob": str((run.budget or {}).get("knob") or ""),
+        "task": run.task,
     }
     for source in (result.metrics or {}, result.efficiency or {}):
         for key, value in source.items():
@@ -215,5 +216,18 @@ def summarize(
     out["p_holm"] = holm_adjust(out["p_value"].astype(float).tolist())
     _mark_best(out, higher_is_better)
     out.attrs.update(metric=metric, reference=reference, higher_is_better=bool(higher_is_better),
-                     planned_seeds=sorted(planned), failures=failed_runs(frame))
+                     planned_seeds=sorted(planned), failures=failed_runs(frame),
+                     throughput=throughput_unit(frame["task"]))
     return out
+
+
+def throughput_unit(tasks: Iterable[str]) -> str:
+    """The unit the table shows throughput in: the one the (first) task declares (TaskSpec.throughput:
+    samples, tokens or audio_seconds), samples for a task that is not installed."""
+    from harness.registry import get_registries
+
+    registered = get_registries().tasks
+    for task in tasks:
+        if task in registered:
+            return registered.get(task).throughput
+    return "samples"

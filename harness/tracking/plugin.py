@@ -60,6 +60,7 @@ def _start_child(run: Any, **extra_tags: str) -> None:
         Tag.ROLE: Role.RUN, Tag.SUITE: run.suite, Tag.VARIANT: run.variant, Tag.SEED: str(run.seed),
         Tag.MIXER: run.mixer, Tag.MODEL: run.model, Tag.CONFIG_HASH: run.config_hash,
         Tag.OVERRIDES: ",".join(run.overrides), **provenance(threads=train["threads"]),
+        **({Tag.CONTRACT: "skipped"} if run.contract_skipped else {}),
     }, parent=_Active.parent_id)
     writer.params(_Active.child_id, flatten("", {
         "variant": run.variant, "mixer": run.mixer, "seed": run.seed, "model_name": run.model, "task": run.task,

@@ -27,6 +27,7 @@ class Tag:
     OVERRIDES = "harness.overrides"            # comma-separated per-variant override keys
     STATUS = "harness.status"                  # finished | failed | skipped | killed
     ERROR = "harness.error"
+    CONTRACT = "harness.contract"              # "skipped" when run with --no-contract
     REUSED_RUN_ID = "harness.reused_run_id"    # a skipped run: the child that produced its result
     METRIC = "harness.metric"
     REFERENCE = "harness.reference"
