@@ -24,3 +24,17 @@ def perplexity(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def bpc(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Bits per character: cross-entropy in bits."""
     return loss(logits, labels) / math.log(2)
+
+
+def wer(hypotheses: list[str], references: list[str]) -> float:
+    """Word error rate over a whole split (jiwer: total edits / total reference words)."""
+    import jiwer
+
+    return float(jiwer.wer(list(references), list(hypotheses)))
+
+
+def cer(hypotheses: list[str], references: list[str]) -> float:
+    """Character error rate over a whole split (jiwer: total edits / total reference characters)."""
+    import jiwer
+
+    return float(jiwer.cer(list(references), list(hypotheses)))

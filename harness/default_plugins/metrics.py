@@ -10,3 +10,7 @@ def register_metrics(register):
     register(MetricSpec("perplexity", "harness.metrics:perplexity", higher_is_better=False,
                         description="exp(cross-entropy)"))
     register(MetricSpec("bpc", "harness.metrics:bpc", higher_is_better=False, description="bits per character"))
+    register(MetricSpec("wer", "harness.metrics:wer", higher_is_better=False,
+                        description="word error rate of transcripts (jiwer), lists of strings"))
+    register(MetricSpec("cer", "harness.metrics:cer", higher_is_better=False,
+                        description="character error rate of transcripts (jiwer), lists of strings"))

@@ -9,3 +9,8 @@ def register_mixers(register):
         description="multi-head softmax attention (torch scaled_dot_product_attention)",
         causal_ok=True, padding_ok=True, kv_cache=True, complexity="T^2",
     ))
+    register(MixerSpec(
+        "linear", "harness.nn.linear_attention:LinearAttention",
+        description="multi-head linear attention, elu+1 features (a fixed-size state: weaker recall)",
+        causal_ok=True, padding_ok=True, kv_cache=True, complexity="T",
+    ))

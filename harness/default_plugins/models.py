@@ -11,3 +11,6 @@ def register_models(register):
     register(ModelSpec("encoder", "harness.nn.encoder:build_encoder", inputs=("tokens", "token_pairs"),
                        config="harness.nn.encoder:EncoderConfig",
                        description="bidirectional encoder with CLS or mean pooling (classification, re-ranking)"))
+    register(ModelSpec("encdec", "harness.nn.encdec:build_encdec", inputs=("audio",),
+                       config="harness.nn.encdec:EncDecConfig",
+                       description="speech encoder-decoder: conv subsampler, encoder, causal decoder with cross-attention"))
