@@ -112,3 +112,34 @@ def test_spec_augment_only_zeroes_bands():
     dropped_frames = (~kept).all(2)                                                 # (B, F)
     assert ((~kept) == (dropped_bins[:, None, :] | dropped_frames[:, :, None])).all()
     assert dropped_bins.sum(1).max() <= 8 and dropped_frames.sum(1).max() <= 16
+
+
+def test_ctc_loss_is_reported_in_training_only_and_matches_torch_on_the_characters():
+    from harness.nn.aux import collect_aux
+
+    model = tiny()
+    features, pad, tokens = inputs()
+    tokens[1, 6:] = PAD_ID                                   # row 1: bos + 4 characters + eos, then padding
+    tokens[1, 5] = EOS_ID
+    model(features, pad, tokens)
+    assert collect_aux(model)[0] == {}                       # eval: nothing reported
+    model.train()
+    model(features, pad, tokens)
+    losses, _ = collect_aux(model)
+    memory, memory_pad = model.encode(features, pad)
+    log_probs = torch.log_softmax(model.ctc_head(memory), -1).transpose(0, 1)
+    targets = torch.cat([tokens[0, 1:], tokens[1, 1:5]])     # characters only, concatenated
+    expected = torch.nn.functional.ctc_loss(log_probs, targets, memory_pad.sum(1), torch.tensor([9, 4]),
+                                            blank=PAD_ID, zero_infinity=True)
+    assert torch.allclose(losses["ctc"], model.ctc_weight * expected, atol=1e-5)
+
+
+def test_ctc_weight_zero_has_no_head_and_reports_nothing():
+    from harness.nn.aux import collect_aux
+
+    torch.manual_seed(0)
+    model = build_encdec(META, mixer="softmax", dim=16, depth=1, decoder_depth=1, heads=2, ctc_weight=0.0)
+    assert model.ctc_head is None
+    model.train()
+    model(*inputs())
+    assert collect_aux(model)[0] == {}

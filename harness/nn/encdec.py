@@ -4,6 +4,12 @@ frames, causal character decoder with cross-attention, tied output head, greedy 
 Both self-attentions are the registered mixer under test (encoder: bidirectional with the frame
 padding mask; decoder: causal). Cross-attention is plain multi-head attention in every variant,
 so a comparison varies the mixer only.
+
+Training adds a CTC loss on the encoder (``ctc_weight``, joint CTC-attention training as in Kim,
+Hori and Watanabe 2017): a cross-attention decoder learns its alignment slowly from scratch, and
+the monotonic CTC objective teaches the encoder where each character is within a few hundred
+steps. It is reported through ``harness.nn.report_loss`` (logged as ``train/aux/ctc``); decoding
+and evaluation use the attention decoder only.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.nn.aux import report_loss
 from harness.nn.blocks import BackboneConfig, Block, block_stack, init_backbone
 from harness.nn.context import SeqContext
 from harness.specs import TaskMeta
@@ -31,6 +38,7 @@ class EncDecConfig(BackboneConfig):
     heads: int = 4
     mlp_ratio: float = 2.0
     decoder_depth: int = 2
+    ctc_weight: float = 0.3       # 0: no CTC head, attention loss only
 
 
 def subsampled_pad(pad: torch.Tensor) -> torch.Tensor:
@@ -119,6 +127,8 @@ class EncDec(nn.Module):
                          mixer_options=mixer_options) for _ in range(cfg.decoder_depth))
         self.dec_norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, meta.vocab_size, bias=False)
+        self.ctc_weight = cfg.ctc_weight
+        self.ctc_head = nn.Linear(cfg.dim, meta.vocab_size) if cfg.ctc_weight > 0 else None
         init_backbone(self)
         self.head.weight = self.tok_embed.weight  # tied
 
@@ -140,7 +150,20 @@ class EncDec(nn.Module):
 
     def forward(self, features: torch.Tensor, feature_pad: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         memory, memory_pad = self.encode(features, feature_pad)
+        if self.training and self.ctc_head is not None:
+            report_loss(self, "ctc", self.ctc_weight * self.ctc_loss(memory, memory_pad, tokens))
         return self.decode(tokens, memory, memory_pad)                               # (B, T, V)
+
+    def ctc_loss(self, memory: torch.Tensor, memory_pad: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """CTC of the encoder's per-position character distribution (blank = PAD_ID) against the
+        characters in the decoder's input tokens (bos, eos and padding dropped); mean per target."""
+        log_probs = F.log_softmax(self.ctc_head(memory).float(), -1).transpose(0, 1)   # (S, B, V)
+        chars = tokens >= 3                                                          # (B, T) character positions
+        # characters first in each row (a stable sort keeps their order), the rest cut by length
+        order = torch.sort((~chars).to(torch.int8), dim=1, stable=True).indices
+        targets = torch.gather(tokens, 1, order)                                     # (B, T)
+        return F.ctc_loss(log_probs, targets, memory_pad.sum(1), chars.sum(1), blank=PAD_ID,
+                          reduction="mean", zero_infinity=True)
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, feature_pad: torch.Tensor, max_new: int | None = None) -> torch.Tensor:

@@ -64,3 +64,9 @@ def register_models(register):
         description="GPT-MoP: harness LM + causal, bounded MoP token gate after each mixer (default mixer "
                     "mop.quartet)",
     ))
+    register(ModelSpec(
+        "mop.whisper", "harness_mop.whisper_mop:build_whisper_mop", inputs=("audio",),
+        config="harness_mop.whisper_mop:WhisperMoPConfig",
+        description="Whisper-MoP: harness encdec + a bounded MoP gate from the log-mel spectrogram after each "
+                    "encoder mixer",
+    ))

@@ -16,9 +16,9 @@ def test_registered_once_installed():
             assert "choices" in space or {"low", "high", "log"} <= set(space), (name, option)
     assert regs.mixers.get("mop.edgewise").complexity == "T^3"
     assert regs.mixers.get("mop.quartet").kv_cache
-    for name in ("mop.vit", "mop.gpt"):
+    for name in ("mop.vit", "mop.gpt", "mop.whisper"):
         assert regs.models.get(name).plugin == "mop"
-    assert "mop.whisper" not in regs.models
+    assert regs.models.get("mop.whisper").inputs == ("audio",)
 
 
 def test_plugin_module_does_not_import_torch():
