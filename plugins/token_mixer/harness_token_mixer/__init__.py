@@ -1,0 +1,1 @@
+"""RankMixer multi-head token mixing for the harness (mixer ``token_mixer``)."""
