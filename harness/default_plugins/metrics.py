@@ -14,3 +14,8 @@ def register_metrics(register):
                         description="word error rate of transcripts (jiwer), lists of strings"))
     register(MetricSpec("cer", "harness.metrics:cer", higher_is_better=False,
                         description="character error rate of transcripts (jiwer), lists of strings"))
+    for name, what in (("ndcg_at_10", "NDCG@10 (graded gains)"), ("mrr_at_10", "MRR@10"),
+                       ("recall_at_100", "Recall@100"), ("hit_at_1", "Hit@1 (beir's top_k_accuracy)"),
+                       ("map_at_100", "MAP@100")):
+        register(MetricSpec(name, f"harness.metrics:{name}", higher_is_better=True,
+                            description=f"retrieval {what} via beir's EvaluateRetrieval; results and qrels dicts"))

@@ -21,3 +21,7 @@ def register_tasks(register):
     register(TaskSpec("charlm", "harness.tasks.text:CharLM", metrics=("loss", "bpc", "perplexity"), causal=True,
                       throughput="tokens", description="character-level LM on a text file (corpus), contiguous "
                       "90/5/5 split; download = true fetches tinyshakespeare"))
+    register(TaskSpec("retrieval", "harness.tasks.retrieval:Retrieval",
+                      metrics=("ndcg_at_10", "mrr_at_10", "hit_at_1", "map_at_100"), needs_padding=True,
+                      description="BEIR-format re-ranking (default Cranfield): BM25 (bm25s) top-k, then a "
+                      "cross-encoder on the encoder backbone (token_pairs); BEIR metrics"))
