@@ -1,14 +1,18 @@
 """The training loop: AdamW, linear warmup then cosine, clipping, periodic validation, final test.
 
 Auxiliary losses reported by modules (harness.nn.aux) join the objective; their statistics are
-logged. The loop's own work (batches, logging) is timed apart from the model step so the overhead
-can be reported.
+logged. Modules that request per-example task losses (``harness.nn.aux.request_example_losses``,
+e.g. MAW's supervised and GRPO routers) get them after the forward, before backward, from no-grad
+probe forwards of the same batch (``per_example_loss`` below; the probes count as model-step time).
+The loop's own work (batches, logging) is timed apart from the model step so the overhead can be
+reported.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,7 +20,8 @@ import torch
 from torch import nn
 
 from harness.devices import available_cores, resolve_device
-from harness.nn.aux import collect_aux, mean_stats_by_name
+from harness.nn.aux import (answer_example_loss_requests, collect_aux, mean_stats_by_name,
+                            pop_example_loss_requests)
 from harness.suite import TrainSection
 
 WARMUP_STEPS = 3
@@ -165,6 +170,24 @@ def _train_metrics(loss_sum: torch.Tensor, n: int, step: int, lr: float, aux_los
     return metrics
 
 
+_warned_no_per_example: set[str] = set()
+
+
+def per_example_loss(task: Any, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The task loss of each example of ``batch``, (B,): the task's optional
+    ``per_example_loss(model, batch)``; for a task without one, its batch ``loss`` repeated B times
+    (B = ``len(batch[0])``), with one warning per task class: every example then gets the same value."""
+    method = getattr(task, "per_example_loss", None)
+    if callable(method):
+        return method(model, batch)
+    name = type(task).__name__
+    if name not in _warned_no_per_example:
+        _warned_no_per_example.add(name)
+        warnings.warn(f"task {name} has no per_example_loss(model, batch); modules that asked for per-example "
+                      f"losses get its batch loss for every example", stacklevel=2)
+    return task.loss(model, batch).detach().expand(len(batch[0]))
+
+
 def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
           on_metrics: Callable[[dict[str, float], int], None] | None = None) -> TrainOutcome:
     """Train ``model`` on ``task``; ``on_metrics(metrics, step)`` receives every logged dict."""
@@ -186,6 +209,7 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
         model.eval()
         out = task.evaluate(model, task.batches(split, cfg.batch_size), device, autocast)
         collect_aux(model)
+        pop_example_loss_requests(model)  # evaluation answers none
         model.train()
         return {f"{split}/{k}": v for k, v in out.items()}
 
@@ -200,6 +224,16 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
         with autocast():
             loss = task.loss(model, batch)
         aux_losses, stats = collect_aux(model)
+        requests = pop_example_loss_requests(model)
+        if requests:  # probes without autograd; the modules report their losses on delivery
+
+            def example_losses(batch: tuple[torch.Tensor, ...] = batch) -> torch.Tensor:
+                with autocast():
+                    return per_example_loss(task, model, batch)
+
+            more_losses, more_stats = answer_example_loss_requests(model, requests, example_losses)
+            aux_losses.update(more_losses)
+            stats.update(more_stats)
         opt.zero_grad(set_to_none=True)
         (loss + sum(aux_losses.values()) if aux_losses else loss).backward()
         if cfg.grad_clip > 0:
