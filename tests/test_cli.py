@@ -34,6 +34,14 @@ def test_list_tables_show_descriptions_cut_to_fit_and_say_when_empty():
     out = CliRunner().invoke(cli, ["list", "mixers"])  # rich markup in a description is text: [q1,q2] stays
     assert "MoP mode C: [q1,q2]" in out.output and "…" in out.output
     out = CliRunner().invoke(cli, ["list", "components"])
+    assert out.exit_code == 0 and "maw.soft" in out.output
+
+
+def test_list_says_when_a_kind_is_empty(monkeypatch):
+    import harness.cli.list as list_module
+
+    monkeypatch.setattr(list_module, "rows", lambda kind: [])
+    out = CliRunner().invoke(cli, ["list", "components"])
     assert out.exit_code == 0 and out.output == "no components registered\n"
 
 
