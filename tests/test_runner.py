@@ -266,3 +266,10 @@ def test_sigterm_marks_the_run_killed_keeps_the_finished_and_closes_mlflow(in_tm
     runs = mlflow.search_runs(experiment_names=["smoke"])
     status = dict(zip(runs["tags.harness.variant"].fillna("parent"), runs["status"]))
     assert status == {"parent": "KILLED", "softmax": "FINISHED", "softmax_narrow_mlp": "KILLED"}
+
+
+def test_running_only_a_non_reference_variant_prints_its_table(in_tmp):
+    result = cli_run(in_tmp, "-v", "softmax_narrow_mlp")
+    assert result.exit_code == 0, result.output
+    assert "reference variant 'softmax' has no runs" in result.output and "-v softmax" in result.output
+    assert "softmax_narrow_mlp" in result.output and "Traceback" not in result.output

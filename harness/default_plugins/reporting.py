@@ -31,8 +31,15 @@ def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
     if warning:
         print(warning)
     metric = suite.suite.metric
+    reference = suite.reference
+    ran = list(dict.fromkeys(r.run.variant for r in merged))
+    if reference not in ran:
+        # e.g. `-v other` into a fresh folder: the table is still worth printing, against its first row
+        print(f"note: the reference variant {reference!r} has no runs in {output_dir}; differences are against "
+              f"{ran[0]!r}. Add `-v {reference}` to compare with the reference.")
+        reference = ran[0]
     report = build_report(merged, metric, higher_is_better=metric_higher_is_better(metric),
-                          reference=suite.reference, title=suite.name, planned_seeds=suite.suite.seeds)
+                          reference=reference, title=suite.name, planned_seeds=suite.suite.seeds)
     try:
         paths = write_report(report, output_dir)
     except ReportError as exc:
