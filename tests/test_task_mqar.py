@@ -8,7 +8,8 @@ import torch
 from harness import tracking
 from harness.runner import run_suite
 from harness.suite import load_suite
-from harness.tasks.mqar import FILL, IGNORE, MQAR, generate_mqar, split_seed
+from harness.tasks.base import split_seed
+from harness.tasks.mqar import FILL, IGNORE, MQAR, generate_mqar
 
 ROOT = os.getcwd()
 TINY = ["task.seq_len=16", "task.vocab_size=16", "task.num_kv_pairs=3", "task.n_train=64", "task.n_eval=16",

@@ -23,7 +23,7 @@ def _folder_results(results: list[Any], output_dir: str) -> tuple[list[Any], str
 @hookimpl
 def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
     from harness.registry import metric_higher_is_better
-    from harness.report import ReportError, build_report, print_summary, write_report
+    from harness.report import ReportError, build_report, print_summary, reported_reference, write_report
 
     if not results:
         return
@@ -31,13 +31,10 @@ def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
     if warning:
         print(warning)
     metric = suite.suite.metric
-    reference = suite.reference
-    ran = list(dict.fromkeys(r.run.variant for r in merged))
-    if reference not in ran:
-        # e.g. `-v other` into a fresh folder: the table is still worth printing, against its first row
-        print(f"note: the reference variant {reference!r} has no runs in {output_dir}; differences are against "
-              f"{ran[0]!r}. Add `-v {reference}` to compare with the reference.")
-        reference = ran[0]
+    reference = reported_reference(merged, suite.reference)
+    if reference != suite.reference:
+        print(f"note: the reference variant {suite.reference!r} has no runs in {output_dir}; differences are "
+              f"against {reference!r}. Add `-v {suite.reference}` to compare with the reference.")
     report = build_report(merged, metric, higher_is_better=metric_higher_is_better(metric),
                           reference=reference, title=suite.name, planned_seeds=suite.suite.seeds)
     try:

@@ -137,9 +137,15 @@ class EncDec(nn.Module):
         x = self.subsample(features, feature_pad)                                    # (B, S, D)
         pad = subsampled_pad(feature_pad)                                            # (B, S)
         x = x + self.enc_pos(torch.arange(x.shape[1], device=x.device))
+        return self.enc_norm(self.run_encoder(x, pad, features, feature_pad)), pad
+
+    def run_encoder(self, x: torch.Tensor, pad: torch.Tensor, features: torch.Tensor,
+                    feature_pad: torch.Tensor) -> torch.Tensor:
+        """The encoder blocks over x (B, S, D) with its mask (B, S). ``features`` / ``feature_pad``
+        (the log-mel input) are for subclasses whose blocks read them (mop.whisper's mel gate)."""
         for block in self.encoder:
             x = block(x, pad)
-        return self.enc_norm(x), pad
+        return x
 
     def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder: tokens (B, T) starting with bos -> logits (B, T, V)."""

@@ -30,7 +30,7 @@ from harness.report.errors import ReportError
 from harness.report.files import Report, build_report, write_report, write_reports
 from harness.report.frame import SUMMARY_COLUMNS, results_frame, summarize
 from harness.report.mlflow_reader import EFFICIENCY_KEYS, load_results_mlflow
-from harness.report.sources import load_results_dir, read_suite_info
+from harness.report.sources import load_results_dir, read_suite_info, reported_reference
 from harness.runlog import FAILED_STATUSES, FINISHED_STATUSES
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "load_results_dir",
     "load_results_mlflow",
     "read_suite_info",
+    "reported_reference",
     "FINISHED_STATUSES",
     "FAILED_STATUSES",
     "EFFICIENCY_KEYS",

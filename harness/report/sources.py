@@ -207,9 +207,14 @@ def choose_settings(source: ResultsSource, metric: str | None = None, reference:
     direction = metric_direction(chosen_metric, higher_is_better, suite_metric=source.metric,
                                  recorded=source.higher_is_better)
     variants = list(dict.fromkeys(r.run.variant for r in results))
-    chosen_reference = reference or source.reference
-    if chosen_reference not in variants:
-        if reference:
-            raise ReportError(f"unknown reference variant {reference!r} (variants: {', '.join(variants)})")
-        chosen_reference = variants[0]
-    return ReportSettings(metric=chosen_metric, reference=chosen_reference, higher_is_better=direction)
+    if reference and reference not in variants:
+        raise ReportError(f"unknown reference variant {reference!r} (variants: {', '.join(variants)})")
+    return ReportSettings(metric=chosen_metric, reference=reference or reported_reference(results, source.reference),
+                          higher_is_better=direction)
+
+
+def reported_reference(results: list[RunResult], suite_reference: str | None) -> str:
+    """The suite's reference where it has runs, else the first variant run (``harness run -v X``
+    into a fresh folder reports X against itself rather than failing)."""
+    variants = list(dict.fromkeys(r.run.variant for r in results))
+    return suite_reference if suite_reference in variants else variants[0]

@@ -1,6 +1,7 @@
 """What a task is: data splits as tensors, a loss, and an evaluation over a split."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable, Iterator
 
 import torch
@@ -79,3 +80,38 @@ class ClassificationTask:
             labels.append(y)
         out, target = torch.cat(logits), torch.cat(labels)
         return {name: float(metric(name).load()(out, target)) for name in self.metrics}
+
+
+SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The generator seed of one split of a synthetic task: disjoint across splits and data seeds."""
+    return 3 * seed + SPLIT_OFFSETS[split]
+
+
+class GeneratedSplits:
+    """Train/val/test of a seeded synthetic task, generated once from ``split_seed`` streams.
+
+    A subclass sets ``sizes`` (split -> examples) and ``seed`` (the data seed, not the run seed: every
+    variant and run sees the same data) and implements ``generate(n, seed)`` -> tensors, inputs
+    first. Shuffled batches for train, in order otherwise."""
+
+    sizes: dict[str, int]
+    seed: int
+
+    def generate(self, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    @cached_property
+    def _splits(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        return {split: self.generate(n, split_seed(self.seed, split)) for split, n in self.sizes.items()}
+
+    def splits(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        return self._splits
+
+    def example_inputs(self, n: int) -> tuple[torch.Tensor, ...]:
+        return (self.splits()["val"][0][:n],)
+
+    def batches(self, split: str, batch_size: int, seed: int = 0) -> TensorBatches:
+        return TensorBatches(self.splits()[split], batch_size, shuffle=split == "train", seed=seed)

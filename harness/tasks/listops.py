@@ -16,15 +16,13 @@ option, not the run seed.
 from __future__ import annotations
 
 import random
-from functools import cached_property
 from typing import Callable, Union
 
 import torch
 from torch.nn import functional as F
 
 from harness.specs import TaskMeta
-from harness.tasks.base import TensorBatches
-from harness.tasks.mqar import split_seed
+from harness.tasks.base import GeneratedSplits, TensorBatches
 
 OPERATORS = {"[MIN": min, "[MAX": max,
              "[MED": lambda xs: (sorted(xs)[(len(xs) - 1) // 2] + sorted(xs)[len(xs) // 2]) // 2,
@@ -110,7 +108,7 @@ def trimmed(tokens: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torc
     return tokens[:, :longest], pad[:, :longest]
 
 
-class ListOps:
+class ListOps(GeneratedSplits):
     """ListOps for the ``encoder`` backbone; batches are (tokens, pad, labels); metrics: accuracy, loss."""
 
     metrics: tuple[str, ...] = ("accuracy", "loss")
@@ -125,21 +123,12 @@ class ListOps:
         self.meta = TaskMeta("tokens", num_classes=10, vocab_size=len(VOCAB), max_len=max_len)
         self.tokens_per_sample = max_len
 
-    @cached_property
-    def _splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return {split: encode(generate_listops(n, *self.lengths, self.max_depth, self.max_args,
-                                               split_seed(self.seed, split)), self.lengths[1])
-                for split, n in self.sizes.items()}
-
-    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return self._splits
+    def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return encode(generate_listops(n, *self.lengths, self.max_depth, self.max_args, seed), self.lengths[1])
 
     def example_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, pad, _ = self.splits()["val"]
         return tokens[:n], pad[:n]
-
-    def batches(self, split: str, batch_size: int, seed: int = 0) -> TensorBatches:
-        return TensorBatches(self.splits()[split], batch_size, shuffle=split == "train", seed=seed)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         tokens, pad, labels = batch

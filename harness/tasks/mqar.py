@@ -21,25 +21,16 @@ not the run seed, so every variant and run seed sees the same data.
 """
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
 
 from harness.specs import TaskMeta
-from harness.tasks.base import TensorBatches
+from harness.tasks.base import GeneratedSplits, TensorBatches
 
 IGNORE = -100                       # cross_entropy's ignore_index: positions without an answer
 FILL = 0                            # the token between queries
-SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
-
-
-def split_seed(seed: int, split: str) -> int:
-    """The generator seed of one split: disjoint across splits and data seeds."""
-    return 3 * seed + SPLIT_OFFSETS[split]
-
-
 def _rows_choice(n: int, high: int, k: int, gen: torch.Generator) -> torch.Tensor:
     """k distinct integers from [0, high) per row, in random order: (n, k)."""
     return torch.rand(n, high, generator=gen).argsort(1)[:, :k]
@@ -69,7 +60,7 @@ def generate_mqar(n: int, seq_len: int, vocab_size: int, num_kv_pairs: int, seed
     return tokens, labels
 
 
-class MQAR:
+class MQAR(GeneratedSplits):
     """The MQAR task for the causal ``lm`` backbone; metrics: accuracy and loss on answer positions."""
 
     metrics: tuple[str, ...] = ("accuracy", "loss")
@@ -83,19 +74,8 @@ class MQAR:
         self.tokens_per_sample = seq_len
         generate_mqar(1, seq_len, vocab_size, num_kv_pairs, seed)   # a bad configuration fails when planned
 
-    @cached_property
-    def _splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {split: generate_mqar(n, self.seq_len, self.vocab_size, self.num_kv_pairs, split_seed(self.seed, split))
-                for split, n in self.sizes.items()}
-
-    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return self._splits
-
-    def example_inputs(self, n: int) -> tuple[torch.Tensor]:
-        return (self.splits()["val"][0][:n],)
-
-    def batches(self, split: str, batch_size: int, seed: int = 0) -> TensorBatches:
-        return TensorBatches(self.splits()[split], batch_size, shuffle=split == "train", seed=seed)
+    def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return generate_mqar(n, self.seq_len, self.vocab_size, self.num_kv_pairs, seed)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         tokens, labels = batch

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.nn.blocks import Block
-from harness.nn.encdec import SUBSAMPLE, EncDec, EncDecConfig, subsampled_pad
+from harness.nn.encdec import SUBSAMPLE, EncDec, EncDecConfig
 from harness.specs import TaskMeta
 
 
@@ -92,13 +92,11 @@ class WhisperMoP(EncDec):
         self.encoder = nn.ModuleList(
             GatedEncoderBlock(b, MelGate(cfg.views, cfg.kernels, cfg.kernel_size)) for b in self.encoder)
 
-    def encode(self, features: torch.Tensor, feature_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.subsample(features, feature_pad)                                 # (B, S, D)
-        pad = subsampled_pad(feature_pad)                                         # (B, S)
-        x = x + self.enc_pos(torch.arange(x.shape[1], device=x.device))
+    def run_encoder(self, x: torch.Tensor, pad: torch.Tensor, features: torch.Tensor,
+                    feature_pad: torch.Tensor) -> torch.Tensor:
         for block in self.encoder:
             x = block(x, pad, frames_to_positions(block.gate(features, feature_pad), feature_pad))
-        return self.enc_norm(x), pad
+        return x
 
     @torch.no_grad()
     def gate_maps(self, features: torch.Tensor, feature_pad: torch.Tensor) -> torch.Tensor:

@@ -19,20 +19,13 @@ variant and run seed sees the same data.
 """
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
 
 from harness.specs import TaskMeta
-from harness.tasks.base import TensorBatches
-
-SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
-
-
-def split_seed(seed: int, split: str) -> int:
-    return 3 * seed + SPLIT_OFFSETS[split]
+from harness.tasks.base import GeneratedSplits, TensorBatches
 
 
 def generate_sort(n: int, length: int, vocab_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +55,7 @@ def perfect_sort(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     return (_predictions(outputs, targets) == targets).all(dim=-1).float().mean().item()
 
 
-class Sort:
+class Sort(GeneratedSplits):
     """The sorting task for the causal ``lm`` backbone (or ``poh.refiner`` over it)."""
 
     metrics: tuple[str, ...] = ("element_accuracy", "perfect_sort", "loss")
@@ -75,19 +68,8 @@ class Sort:
         self.meta = TaskMeta("tokens", vocab_size=vocab_size + 1, max_len=2 * length, causal=True)
         self.tokens_per_sample = 2 * length
 
-    @cached_property
-    def _splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {split: generate_sort(n, self.length, self.vocab_size, split_seed(self.seed, split))
-                for split, n in self.sizes.items()}
-
-    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return self._splits
-
-    def example_inputs(self, n: int) -> tuple[torch.Tensor]:
-        return (self.splits()["val"][0][:n],)
-
-    def batches(self, split: str, batch_size: int, seed: int = 0) -> TensorBatches:
-        return TensorBatches(self.splits()[split], batch_size, shuffle=split == "train", seed=seed)
+    def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return generate_sort(n, self.length, self.vocab_size, seed)
 
     def answer_logits(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return model(inputs)[:, self.length:]                                      # (B, L, V): SEP and y_1 .. y_{L-1}

@@ -5,7 +5,8 @@ import contextlib
 import pytest
 import torch
 
-from harness_poh.sort import SPLIT_OFFSETS, Sort, element_accuracy, generate_sort, perfect_sort
+from harness.tasks.base import SPLIT_OFFSETS
+from harness_poh.sort import Sort, element_accuracy, generate_sort, perfect_sort
 
 
 def test_generator_layout():
