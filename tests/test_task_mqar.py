@@ -68,6 +68,24 @@ def test_loss_and_accuracy_only_on_answer_positions():
     assert task.loss(Oracle(), (tokens, labels)).item() < 1e-6
 
 
+def test_per_example_loss_is_each_sequences_mean_over_its_answers():
+    task = MQAR(seq_len=16, vocab_size=16, num_kv_pairs=3, n_train=8, n_eval=8)
+    tokens, labels = task.splits()["val"]
+    torch.manual_seed(0)
+    logits = torch.randn(*tokens.shape, 16)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits
+
+    per_seq = task.per_example_loss(Fixed(), (tokens, labels))                                  # (8,)
+    for b in range(len(tokens)):
+        answer = labels[b] != IGNORE
+        by_hand = torch.nn.functional.cross_entropy(logits[b][answer], labels[b][answer])
+        assert per_seq[b].item() == pytest.approx(by_hand.item(), abs=1e-5)
+    assert task.loss(Fixed(), (tokens, labels)).item() == pytest.approx(per_seq.mean().item(), abs=1e-5)
+
+
 def test_a_few_runner_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tracking.configure(enabled=False)

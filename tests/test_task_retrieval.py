@@ -171,6 +171,21 @@ def test_loss_and_evaluate_on_a_few_queries(beir_dir):
     assert out["bm25_ndcg_at_10"] == pytest.approx(1.0, abs=0.2)          # the tiny queries are easy for BM25
 
 
+def test_per_example_loss_gives_each_pair_its_groups_listwise_loss(beir_dir):
+    torch.set_num_threads(1)
+    task = tiny_task(beir_dir)
+    model = tiny_model(task)
+    batch = next(iter(task.batches("train", 3, seed=0)))
+    per_pair = task.per_example_loss(model, batch)                        # (3 * 4,)
+    assert per_pair.shape == (12,)
+    with torch.no_grad():
+        scores = model(*batch[:3]).view(3, 4)
+    by_hand = -torch.log_softmax(scores, 1)[:, 0]                           # the positive is first in its group
+    assert torch.allclose(per_pair.view(3, 4), by_hand[:, None].expand(3, 4), atol=1e-5)
+    assert len(set(by_hand.tolist())) == 3                                  # groups differ, pairs of one group agree
+    assert task.loss(model, batch).item() == pytest.approx(by_hand.mean().item(), abs=1e-5)
+
+
 class Constant(torch.nn.Module):
     def forward(self, tokens, pad=None, segments=None):
         return torch.zeros(len(tokens), 1)

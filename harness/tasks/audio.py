@@ -264,6 +264,12 @@ class SpeechRecognition:
         logits, targets = self._forward(model, batch)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD_ID)
 
+    def per_example_loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(B,): each utterance's mean loss over its characters (the batch loss weights by characters)."""
+        logits, targets = self._forward(model, batch)                                     # (B, S, V), (B, S)
+        char_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD_ID, reduction="none")
+        return char_loss.sum(1) / (targets != PAD_ID).sum(1).clamp(min=1)
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: TensorBatches, device: torch.device,
                  autocast: Callable[[], Any]) -> dict[str, float]:

@@ -65,8 +65,11 @@ class ClassificationTask:
                              transform=self.train_transform() if train else None)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.per_example_loss(model, batch).mean()
+
+    def per_example_loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         inputs, labels = batch
-        return F.cross_entropy(model(inputs), labels)
+        return F.cross_entropy(model(inputs), labels, reduction="none")                  # (B,)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: TensorBatches, device: torch.device,

@@ -131,8 +131,11 @@ class ListOps(GeneratedSplits):
         return tokens[:n], pad[:n]
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.per_example_loss(model, batch).mean()
+
+    def per_example_loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         tokens, pad, labels = batch
-        return F.cross_entropy(model(*trimmed(tokens, pad)), labels)
+        return F.cross_entropy(model(*trimmed(tokens, pad)), labels, reduction="none")      # (B,)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: TensorBatches, device: torch.device,

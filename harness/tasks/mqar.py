@@ -78,9 +78,16 @@ class MQAR(GeneratedSplits):
         return generate_mqar(n, self.seq_len, self.vocab_size, self.num_kv_pairs, seed)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # every sequence has num_kv_pairs answers, so the mean over sequences is the mean over answers
+        return self.per_example_loss(model, batch).mean()
+
+    def per_example_loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(B,): each sequence's mean loss over its answer positions."""
         tokens, labels = batch
         logits = model(tokens)                                          # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (B, T)
+        answers = (labels != IGNORE).sum(1)                             # (B,)
+        return token_loss.sum(1) / answers
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: TensorBatches, device: torch.device,

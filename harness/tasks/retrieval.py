@@ -261,9 +261,16 @@ class Retrieval:
         return PairBatches(split, self._data[split], batch_size * self.group_size)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.per_example_loss(model, batch).mean()
+
+    def per_example_loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(B * G,): each (query, document) pair gets its group's listwise loss; the model's examples
+        are the pairs, and a pair's score only has a loss through the group it is ranked in."""
         tokens, pad, segments = batch[:3]
         scores = model(*trimmed(tokens, pad, segments, pad=pad)).view(-1, self.group_size)   # (B, G)
-        return F.cross_entropy(scores.float(), torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+        target = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+        group_loss = F.cross_entropy(scores.float(), target, reduction="none")               # (B,)
+        return group_loss.repeat_interleave(self.group_size)                                  # (B * G,)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: PairBatches, device: torch.device,

@@ -187,9 +187,13 @@ class CharLM:
         return (eval_windows(self.split_ids()["val"], self.seq_len)[0][:n],)            # (n, L)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.per_example_loss(model, batch).mean()   # windows have equal lengths
+
+    def per_example_loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(B,): each window's mean next-character loss."""
         inputs, targets = batch
         logits = model(inputs)                                                           # (B, L, V)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batches: TensorBatches, device: torch.device,
