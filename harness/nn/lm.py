@@ -34,14 +34,43 @@ class LM(nn.Module):
         self.head.weight = self.tok_embed.weight  # tied
 
     def _embed(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        pos = torch.arange(offset, offset + tokens.shape[1], device=tokens.device)
-        return self.tok_embed(tokens) + self.pos_embed(pos)          # (B, T, D)
+        return self._add_positions(self.tok_embed(tokens), offset)   # (B, T, D)
 
-    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        x = self._embed(tokens)                                      # (B, T, D)
+    def _add_positions(self, token_embeds: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        pos = torch.arange(offset, offset + token_embeds.shape[1], device=token_embeds.device)
+        return token_embeds + self.pos_embed(pos)                    # (B, T, D)
+
+    def forward(self, tokens: torch.Tensor | None, pad: torch.Tensor | None = None, *,
+                token_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of ``tokens`` (B, T), or of ``token_embeds`` (B, T, D) given in place of the
+        token embeddings (positions are still added here): inputs that are not rows of the embedding
+        table, e.g. M3PO's blended embeddings."""
+        if (tokens is None) == (token_embeds is None):
+            raise ValueError("pass exactly one of tokens and token_embeds")
+        x = self._embed(tokens) if token_embeds is None else self._add_positions(token_embeds)  # (B, T, D)
         for block in self.blocks:
             x = block(x, pad)
         return self.head(self.norm(x))                               # (B, T, V)
+
+    def new_caches(self) -> list[dict[str, torch.Tensor]]:
+        """One empty KV cache per block, for ``forward_cached``."""
+        return [{} for _ in self.blocks]
+
+    def forward_cached(self, token_embeds: torch.Tensor, caches: list[dict[str, torch.Tensor]],
+                       offset: int) -> torch.Tensor:
+        """Decoding step: the token embeddings of the new positions ``offset .. offset + t - 1``
+        (B, t, D) -> their logits (B, t, V); ``caches`` (from ``new_caches``) hold every earlier
+        position's keys and values, so a step costs O(T) attention, not a re-run of the prefix."""
+        if offset + token_embeds.shape[1] > self.max_len:
+            raise ValueError(f"positions up to {offset + token_embeds.shape[1]} exceed max_len={self.max_len}")
+        return self.head(self.norm(self._hidden_cached(token_embeds, caches, offset)))  # (B, t, V)
+
+    def _hidden_cached(self, token_embeds: torch.Tensor, caches: list[dict[str, torch.Tensor]],
+                       offset: int) -> torch.Tensor:
+        x = self._add_positions(token_embeds, offset)                # (B, t, D)
+        for block, cache in zip(self.blocks, caches):
+            x = block.forward_cached(x, cache)
+        return x                                                     # (B, t, D)
 
     @property
     def supports_kv_cache(self) -> bool:
@@ -54,13 +83,11 @@ class LM(nn.Module):
         otherwise re-runs the (cropped) prefix each step."""
         if tokens.shape[1] + max_new_tokens > self.max_len and self.supports_kv_cache:
             raise ValueError(f"prompt + new tokens exceed max_len={self.max_len}")
-        caches: list[dict[str, torch.Tensor]] = [{} for _ in self.blocks]
+        caches = self.new_caches()
         out, new = tokens, tokens
         for _ in range(max_new_tokens):
             if self.supports_kv_cache:
-                x = self._embed(new, offset=out.shape[1] - new.shape[1])
-                for block, cache in zip(self.blocks, caches):
-                    x = block.forward_cached(x, cache)
+                x = self._hidden_cached(self.tok_embed(new), caches, out.shape[1] - new.shape[1])  # (B, t, D)
                 logits = self.head(self.norm(x[:, -1]))              # (B, V)
             else:
                 logits = self(out[:, -self.max_len:])[:, -1]         # (B, V)
