@@ -60,7 +60,11 @@ def _known_keys(problems: list[str], path: str, given: Iterable[str], allowed: I
 
 
 def build_task(suite: Suite) -> Any:
-    return get_registries().tasks.get(suite.suite.task).load()(**suite.task)
+    from harness.data_files import register_task
+
+    task = get_registries().tasks.get(suite.suite.task).load()(**suite.task)
+    register_task(task, suite.suite.task, suite.task)  # the files it reads go into its runs' manifests
+    return task
 
 
 def _name(problems: list[str], path: str, fn: Any) -> Any:

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 import click
 
 KINDS = ("mixers", "models", "tasks", "metrics", "components", "plugins")
+COUNTED = ("mixers", "models", "tasks")  # per plugin in `harness list plugins`
 HEADERS = {"causal_ok": "causal", "padding_ok": "padding", "needs_grid": "grid", "fixed_len": "fixed T",
            "kv_cache": "kv cache", "higher_is_better": "higher better", "needs_padding": "pads",
            "surrogate_gradients": "surrogate grad"}
-HIDDEN = ("default", "module", "defaults")  # in --json; too wide for a table
+HIDDEN = ("default", "module", "defaults", "source_info")  # in --json; too wide for a table
 FITTED = ("description", "error")  # cut to the width that is left, one line per row
 MIN_FITTED = 30  # a fitted column's least width: the console widens before it cuts more
 
@@ -35,9 +35,30 @@ def rows(kind: str) -> list[dict[str, Any]]:
 
     regs = registry.get_registries()  # first, so that registration errors show up as plugin errors
     if kind == "plugins":
-        return [asdict(info) for info in plugins.plugin_infos()]
+        return _plugin_rows(plugins.plugin_infos(), regs)
     return [{"name": spec.name, "plugin": spec.plugin, "version": spec.plugin_version,
              "description": spec.description, **_kind_columns(kind, spec)} for spec in getattr(regs, kind)]
+
+
+def _plugin_rows(infos: list[Any], regs: Any) -> list[dict[str, Any]]:
+    """Each plugin: its version, where its code comes from (a checkout's path and commit, or an
+    installed wheel) and how many mixers, models and tasks it registered."""
+    from harness.manifest.sources import core_source, entry_point_dists, source_of
+
+    dists = entry_point_dists()
+    out = []
+    for info in infos:
+        if info.default:
+            source = core_source()
+        elif info.name in dists:
+            source = source_of(dists[info.name][0] or None, dists[info.name][1])
+        else:  # registered in-process (harness.testing.temporary_plugin, a notebook)
+            source = source_of(None, "")
+        row = {"name": info.name, "version": info.version, "source": source.describe()}
+        row.update({k: sum(spec.plugin == info.name for spec in getattr(regs, k)) for k in COUNTED})
+        out.append({**row, "error": info.error, "module": info.module, "default": info.default,
+                    "source_info": source.as_dict()})
+    return out
 
 
 def _cell(value: Any) -> str:

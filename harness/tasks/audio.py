@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from harness.data_files import record
 from harness.nn.encdec import BOS_ID, EOS_ID, PAD_ID, SUBSAMPLE
 from harness.nn.mel import log_mel, normalise, seconds_to_frames, spec_augment
 from harness.specs import TaskMeta
@@ -157,12 +158,14 @@ class SpeechRecognition:
     def _clips_by_split(self) -> dict[str, dict[str, list[tuple[np.ndarray, str]]]]:
         """split -> speaker -> that speaker's (samples, word) clips."""
         clips = read_clips(self.root)
+        record(self.root / "transcripts.tsv", self)  # sha256s go into the run manifest
         roles = speaker_split([c.speaker for c in clips], self.test_speaker, self.val_speaker)
         out: dict[str, dict[str, list[tuple[np.ndarray, str]]]] = {}
         for split, speakers in roles.items():
             out[split] = {s: [] for s in speakers}
             for clip in (c for c in clips if c.speaker in speakers):
                 samples, rate = read_wav(clip.path)
+                record(clip.path, self)
                 if rate != self.sample_rate:
                     raise TaskDataError(f"{clip.path} is sampled at {rate} Hz, not task.sample_rate = "
                                         f"{self.sample_rate}; resample it or set task.sample_rate")

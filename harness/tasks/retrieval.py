@@ -42,6 +42,7 @@ from typing import Callable, Iterator
 import torch
 from torch.nn import functional as F
 
+from harness.data_files import record
 from harness.specs import TaskMeta
 from harness.tasks import bm25_stage as fs
 from harness.tasks.bm25_stage import WordTokenizer, split_queries
@@ -164,7 +165,11 @@ class Retrieval:
     # ---- data -------------------------------------------------------------------------------
     @cached_property
     def collection(self) -> fs.Collection:
-        return fs.load_beir(fs.resolve_source(self.data_root, self.download_dir), self.split)
+        folder = fs.resolve_source(self.data_root, self.download_dir)
+        collection = fs.load_beir(folder, self.split)
+        for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{self.split}.tsv"):
+            record(folder / name, self)  # sha256s go into the run manifest
+        return collection
 
     def check_data(self) -> None:
         self.collection  # noqa: B018  (loads; TaskDataError names the fix)

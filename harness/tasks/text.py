@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from harness.data_files import record
 from harness.specs import TaskMeta
 from harness.tasks.base import TaskDataError, TensorBatches
 
@@ -148,7 +149,9 @@ class CharLM:
     @cached_property
     def _text(self) -> str:
         try:
-            return self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8")
+            record(self.path, self)  # its sha256 goes into the run manifest
+            return text
         except (OSError, UnicodeDecodeError) as exc:
             raise TaskDataError(f"corpus {self.path} is not a readable UTF-8 text file "
                                 f"({type(exc).__name__}: {exc}); point task.corpus at one") from None

@@ -12,10 +12,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from harness.data_files import record
 from harness.specs import TaskMeta
 from harness.tasks.base import ClassificationTask, TaskDataError
 
 SPLIT_SEED = 0
+
+
+def record_sklearn_digits(owner: object) -> None:
+    """The file load_digits reads, for the run manifest (scikit-learn ships it)."""
+    import sklearn.datasets
+
+    record(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz", owner)
 
 
 def _split_indices(n: int, fractions: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +68,7 @@ class Digits(ClassificationTask):
         from sklearn.datasets import load_digits
 
         data = load_digits()
+        record_sklearn_digits(self)
         x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0      # (N, 1, 8, 8) in [0, 1]
         y = torch.tensor(data.target, dtype=torch.long)
         train, val, test = _split_indices(len(y), (0.15, 0.20))
@@ -133,6 +142,8 @@ class Cifar(ClassificationTask):
         folder = self.root / self.info["folder"]
 
         def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            for f in files:
+                record(folder / f, self)  # its sha256 goes into the run manifest
             parts = [_read_cifar_file(folder / f, self.info["label_key"]) for f in files]
             x = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0    # (N, 3, 32, 32)
             return _normalise(x, self.info["mean"], self.info["std"]), torch.from_numpy(np.concatenate([p[1] for p in parts]))

@@ -22,15 +22,21 @@ from harness.tracking.schema import (DEFAULT_ARTIFACT_DIR, DEFAULT_URI, MAX_PARA
 class _Settings:
     enabled = True
     uri: str | None = None
+    tags: dict[str, str] = {}
 
 
-def configure(*, enabled: bool = True, tracking_uri: str | None = None) -> None:
-    """Called by the CLI before a suite runs (``--no-track``, ``--tracking-uri``)."""
-    _Settings.enabled, _Settings.uri = enabled, tracking_uri
+def configure(*, enabled: bool = True, tracking_uri: str | None = None, tags: dict[str, str] | None = None) -> None:
+    """Called by the CLI before a suite runs (``--no-track``, ``--tracking-uri``); ``tags`` go on
+    every run the invocation opens (``harness reproduce``: ``reproduces=<run id>``)."""
+    _Settings.enabled, _Settings.uri, _Settings.tags = enabled, tracking_uri, dict(tags or {})
 
 
 def enabled() -> bool:
     return _Settings.enabled
+
+
+def invocation_tags() -> dict[str, str]:
+    return dict(_Settings.tags)
 
 
 def tracking_uri(explicit: str | None = None) -> str:

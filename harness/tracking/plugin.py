@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import hookimpl
-from harness.tracking.client import RunWriter, enabled, provenance
+from harness.tracking.client import RunWriter, enabled, invocation_tags, provenance
 from harness.tracking.schema import (MLFLOW_STATUS, PARENT_ARTIFACTS, Artifact, Param, Role, Tag, flatten,
                                      run_count_metric)
 
@@ -18,6 +18,7 @@ class _Active:
     parent_id: str | None = None
     child_id: str | None = None
     planned_runs = 0
+    suite: Any = None                 # what each child's manifest reduces to its (variant, seed)
 
 
 @hookimpl
@@ -31,6 +32,7 @@ def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
     _Active.parent_id = writer.start(_Active.experiment_id, f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", {
         Tag.ROLE: Role.PARENT, Tag.METRIC: suite.suite.metric, Tag.REFERENCE: suite.reference,
         Tag.HIGHER_IS_BETTER: str(metric_higher_is_better(suite.suite.metric)).lower(), **provenance(),
+        **invocation_tags(),
     })
     writer.params(_Active.parent_id, {
         **flatten("", {"suite": suite.suite.model_dump(), "budget": suite.budget.model_dump() if suite.budget else {}},
@@ -38,6 +40,7 @@ def suite_started(suite: Any, runs: list[Any], output_dir: str) -> None:
         Param.PLANNED_RUNS: len(runs),
     })
     _Active.planned_runs = len(runs)
+    _Active.suite = suite
 
 
 @hookimpl
@@ -60,7 +63,7 @@ def _start_child(run: Any, **extra_tags: str) -> None:
         Tag.ROLE: Role.RUN, Tag.SUITE: run.suite, Tag.VARIANT: run.variant, Tag.SEED: str(run.seed),
         Tag.MIXER: run.mixer, Tag.MODEL: run.model, Tag.CONFIG_HASH: run.config_hash,
         Tag.OVERRIDES: ",".join(run.overrides), **provenance(threads=train["threads"]),
-        **({Tag.CONTRACT: "skipped"} if run.contract_skipped else {}),
+        **({Tag.CONTRACT: "skipped"} if run.contract_skipped else {}), **invocation_tags(),
     }, parent=_Active.parent_id)
     writer.params(_Active.child_id, flatten("", {
         "variant": run.variant, "mixer": run.mixer, "seed": run.seed, "model_name": run.model, "task": run.task,
@@ -92,9 +95,12 @@ def run_finished(run: Any, result: Any) -> None:
     _log_budget(writer, child, result.efficiency)
     for name, path in result.artifacts.items():  # "profile/trace.json" -> artifact folder "profile"
         writer.artifact(child, path, name.rpartition("/")[0] or Artifact.PROFILE_DIR)
+    if result.status != "skipped":  # a re-used result's manifest is on the run that produced it
+        _log_manifest(writer, child, run)
     tags = {Tag.STATUS: result.status, **({Tag.ERROR: result.error} if result.error else {})}
     if "contended" in result.efficiency:
         tags[Tag.CONTENDED] = str(bool(result.efficiency["contended"])).lower()
+    tags.update(getattr(result, "tags", None) or {})   # e.g. harness.compile_fallback
     writer.tags(child, tags)
     status = MLFLOW_STATUS[result.status]
     if result.status == "skipped":
@@ -102,6 +108,17 @@ def run_finished(run: Any, result: Any) -> None:
     else:
         writer.end_watch(status)
     _Active.child_id = None
+
+
+def _log_manifest(writer: RunWriter, child: str, run: Any) -> None:
+    """manifest.json and its params (harness.manifest); a failure to record it must not lose the run."""
+    from harness.manifest import log_manifest
+    from harness.tracking.schema import Role
+
+    try:
+        log_manifest(writer, child, _Active.suite, run, role=Role.RUN)
+    except Exception as exc:  # noqa: BLE001
+        writer.tags(child, {Tag.MANIFEST: f"not recorded: {type(exc).__name__}: {exc}"})
 
 
 def _log_budget(writer: RunWriter, child: str, efficiency: dict[str, float]) -> None:
@@ -131,4 +148,4 @@ def suite_finished(suite: Any, results: list[Any], output_dir: str) -> None:
         writer.end(_Active.child_id, "KILLED")
     stopped = counts.get("killed") or len(results) < _Active.planned_runs   # interrupted between runs too
     writer.end(parent, "KILLED" if stopped else "FINISHED")
-    _Active.writer = _Active.parent_id = _Active.child_id = None
+    _Active.writer = _Active.parent_id = _Active.child_id = _Active.suite = None

@@ -36,6 +36,7 @@ class Tag:
     VERSIONS = "harness.versions"
     DEVICE = "harness.device"
     CONTENDED = "harness.contended"            # "true": other processes competed for the run's cores
+    COMPILE_FALLBACK = "harness.compile_fallback"   # train.compile: why the model ran eager instead
     # tuning
     STUDY = "harness.study"
     STORAGE = "harness.storage"
@@ -46,6 +47,12 @@ class Tag:
     PRUNED_STEP = "harness.pruned_step"
     BEST_TRIAL = "harness.best_trial"
     BEST_PARAMS = "harness.best_params"
+    # run manifest and reproduction (harness.manifest)
+    MANIFEST = "harness.manifest"              # the artifact holding the run's manifest
+    GIT_DIRTY = "harness.git_dirty"            # "true": the project checkout had uncommitted changes
+    REPRODUCES = "reproduces"                  # a `harness reproduce` run: the run id it re-ran
+    REPRODUCTION = "harness.reproduction"      # identical | within_tolerance | differs | failed
+    DRIFT = "harness.drift"                    # re-run with --allow-drift: the entries that differed
 
 
 class Role:
@@ -67,6 +74,9 @@ class Param:
     KNOB_VALUE = "budget.knob_value"     # child: the budget knob's matched value (budget.knob names it)
 
 
+MANIFEST_PARAM_PREFIX = "manifest."      # child and trial runs: the manifest's scalars (manifest.torch, ...)
+
+
 class Artifact:
     """Files a suite's output folder holds; all but RUNS are logged to the parent run."""
 
@@ -79,6 +89,7 @@ class Artifact:
     METRIC_VS_PARAMS = "metric_vs_params.png"   # no longer written: a report removes it from its folder
     METRIC_VS_COST = "metric_vs_cost.png"       # the metric vs FLOPs per token and vs throughput
     PROFILE_DIR = "profile"              # child: torch.profiler trace and operator table
+    MANIFEST = "manifest.json"           # child and trial runs: what `harness reproduce` re-runs
     SAMPLES_DIR = "samples"              # child: what a task shows of a trained model (e.g. generated text)
     BENCH_CSV = "bench.csv"
     BENCH_PLOT = "bench.png"
