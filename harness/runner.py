@@ -2,7 +2,12 @@
 
 The output folder keeps ``runs.jsonl`` (one RunResult per line, the later line wins) and
 ``suite.json``; a re-run skips every run whose config hash already finished there. Ctrl-C and
-SIGTERM mark the training run killed and keep every finished one (``SuiteInterrupted``).
+SIGTERM mark the training run(s) killed and keep every finished one (``SuiteInterrupted``).
+
+This module is the driver: it plans, resumes, calls the observer hooks, writes runs.jsonl and
+closes everything on an interrupt. Where runs train is an executor's job (``harness.executors``):
+one at a time in this process (local, the default) or as Ray tasks (``--executor ray``,
+``--jobs N``); the driver's guarantees are the same for both.
 """
 from __future__ import annotations
 
@@ -91,6 +96,13 @@ def _execute(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path, threads:
                       decayed_params=outcome.decayed_params, contended=float(load.contended),
                       other_busy_cores=load.other_busy_cores)
     efficiency["tokens_per_s"] = outcome.samples_per_s * tokens_per_sample
+    tags: dict[str, str] = {}
+    if cfg.compile:  # compile time apart from step time (harness.train); why it fell back, as a tag
+        efficiency.update(compiled=float(outcome.compiled), compile_seconds=outcome.compile_seconds)
+        if outcome.compile_fallback:
+            from harness.tracking.schema import Tag
+
+            tags[Tag.COMPILE_FALLBACK] = outcome.compile_fallback
     if getattr(task, "audio_seconds_per_sample", None):
         efficiency["audio_s_per_s"] = outcome.samples_per_s * task.audio_seconds_per_sample
     folder = out_dir / "artifacts" / f"{run.variant}-seed{run.seed}"
@@ -100,7 +112,7 @@ def _execute(run: Run, plan: Plan, task: Any, hook: Any, out_dir: Path, threads:
         artifacts.update({f"{Artifact.PROFILE_DIR}/{name}": path for name, path in
                           _profile(run, model, task, cfg, device, efficiency, tokens_per_sample, out_dir).items()})
     return RunResult(run, "finished", metrics=outcome.metrics, efficiency=efficiency, history=outcome.history,
-                     artifacts=artifacts)
+                     artifacts=artifacts, tags=tags)
 
 
 def _example_inputs(task: Any, n: int = 2) -> tuple[Any, ...]:
@@ -193,12 +205,15 @@ SIGNAL_CAUSES = {signal.SIGINT: CTRL_C, signal.SIGTERM: "terminated (SIGTERM)"}
 
 class SuiteInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a suite. ``signum``: which signal; ``killed``: the run marked
-    killed (None when none was training); ``results``: what this invocation recorded, the killed
-    run included."""
+    killed (None when none was training; the first of them where several were, on Ray);
+    ``killed_runs``: every run marked killed; ``results``: what this invocation recorded, the
+    killed runs included."""
 
-    def __init__(self, cause: str, signum: int, killed: Run | None, results: list[RunResult]):
+    def __init__(self, cause: str, signum: int, killed: Run | None, results: list[RunResult],
+                 killed_runs: list[Run] | None = None):
         super().__init__(cause)
         self.cause, self.signum, self.killed, self.results = cause, signum, killed, results
+        self.killed_runs = killed_runs if killed_runs is not None else ([killed] if killed else [])
 
 
 class _Interrupts:
@@ -217,6 +232,13 @@ class _Interrupts:
         if threading.current_thread() is threading.main_thread():
             self.previous = {sig: signal.signal(sig, self._handle) for sig in SIGNAL_CAUSES}
         return self
+
+    def reinstall(self) -> None:
+        """Take the signals back after a library set its own handler (``ray.init`` sets SIGTERM's);
+        the handlers from before ``__enter__`` are still the ones restored at exit."""
+        if self.previous:
+            for sig in SIGNAL_CAUSES:
+                signal.signal(sig, self._handle)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
@@ -244,13 +266,16 @@ class _Interrupts:
 
 
 def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any = None,
-              contract: bool = True) -> list[RunResult]:
+              contract: bool = True, executor: Any = None) -> list[RunResult]:
     """Run every (variant, seed); returns results in plan order. Ctrl-C or SIGTERM marks the
-    current run killed, closes the trackers, reports what finished, and raises SuiteInterrupted.
-    ``contract=False`` skips the contract gate (harness.contract_gate); the runs say so."""
+    training run(s) killed, closes the trackers, reports what finished, and raises SuiteInterrupted.
+    ``contract=False`` skips the contract gate (harness.contract_gate); the runs say so.
+    ``executor``: where runs train (``harness.executors``; default: one at a time in this process)."""
     from rich.console import Console
 
-    execution = _Execution(suite, console or Console())
+    from harness.executors import LocalExecutor
+
+    execution = _Execution(suite, console or Console(), executor or LocalExecutor())
     execution.contract = contract
     with _Interrupts() as interrupts:
         try:
@@ -261,25 +286,38 @@ def run_suite(suite: Suite, *, variants: list[str] | None = None, console: Any =
 
 
 class _Execution:
-    """One invocation: what it has opened and recorded, so an interrupt can close and keep it."""
+    """One invocation: what it has opened and recorded, so an interrupt can close and keep it.
 
-    def __init__(self, suite: Suite, console: Any):
+    An executor trains the runs it is given and reports each through ``begin`` (the tracker's run
+    opens) and ``finish`` (recorded and on disk), both inside ``interrupts.held()``; a run it has
+    in hand but not reported sits in ``pending`` and is marked killed by an interrupt."""
+
+    def __init__(self, suite: Suite, console: Any, executor: Any):
         from harness.plugins import get_plugin_manager
 
-        self.suite, self.console = suite, console
+        self.suite, self.console, self.executor = suite, console, executor
         self.hook = get_plugin_manager().hook
         self.log = RunLog(suite.output_dir)
         self.results: list[RunResult] = []
-        self.current: tuple[Run, str | None] | None = None   # the training run and its tracker id
+        self.current: tuple[Run, str | None] | None = None   # the run whose tracker run is open, and its id
+        self.pending: dict[str, Run] = {}                     # handed to the executor, not reported yet
         self.open = False                                     # suite_started called, suite_finished not
         self.contract = True                                  # probe the mixers before training
+        self.plans: dict[str, Plan] = {}
+        self.task: Any = None                                 # built here for the local executor only
+        self.order: dict[str, int] = {}                       # run key -> plan position
+        self.progress: _SuiteProgress | None = None
+        self.interrupts: _Interrupts | None = None
 
     def run(self, variants: list[str] | None, interrupts: _Interrupts) -> list[RunResult]:
         suite, hook = self.suite, self.hook
+        self.interrupts = interrupts
         _check_variants(suite, variants)
-        plans = plan_suite(suite, contract=self.contract)
-        task = build_task(suite)
+        self.plans = plan_suite(suite, contract=self.contract)
+        if getattr(self.executor, "in_process", False):
+            self.task = build_task(suite)
         runs = suite.runs(variants)
+        self.order = {run.key: i for i, run in enumerate(runs)}
         if not self.contract:
             self.console.print("[yellow]warning: --no-contract: the mixers were not probed for leaks before "
                                "training; every run is tagged contract=skipped[/yellow]")
@@ -291,52 +329,79 @@ class _Execution:
             self.console.print(skipped_lines, style="yellow", markup=False)
         done = self.log.finished()
         previous = {(r.run.variant, r.run.seed): r for r in done.values()}
-        with interrupts.held():
-            hook.suite_started(suite=suite, runs=runs, output_dir=str(suite.output_dir))
-            self.open = True
-        progress = _SuiteProgress(suite, len(runs), self.console)
-        with progress.bars:
-            for run in runs:
-                if run.config_hash in done:
-                    with interrupts.held():
-                        self._record(run, _reuse(run, done[run.config_hash], self.console))
-                else:
-                    _note_rerun(run, previous.get((run.variant, run.seed)), self.console)
-                    self._train(run, plans[run.variant], task, progress, interrupts)
-                progress.bars.advance(progress.overall)
-        with interrupts.held():
-            self.open = False
-            hook.suite_finished(suite=suite, results=self.results, output_dir=str(suite.output_dir))
+        todo = [run for run in runs if run.config_hash not in done]
+        # Connect first (Ray), so a cluster that is not there fails before the MLflow parent opens.
+        with self.executor.session(self, todo):
+            with interrupts.held():
+                hook.suite_started(suite=suite, runs=runs, output_dir=str(suite.output_dir))
+                self.open = True
+            self.progress = _SuiteProgress(suite, len(runs), self.console)
+            with self.progress.bars:
+                for run in runs:
+                    if run.config_hash in done:
+                        with interrupts.held():
+                            self._record(run, _reuse(run, done[run.config_hash], self.console))
+                            self._advance()
+                    else:
+                        _note_rerun(run, previous.get((run.variant, run.seed)), self.console)
+                self.executor.train(todo, self)
+            with interrupts.held():
+                self.open = False
+                self._in_plan_order()
+                hook.suite_finished(suite=suite, results=self.results, output_dir=str(suite.output_dir))
         return self.results
 
-    def _train(self, run: Run, plan: Plan, task: Any, progress: _SuiteProgress, interrupts: _Interrupts) -> None:
-        with interrupts.held():
-            self.current = (run, _tracker_id(self.hook.run_started(run=run)))
-        result = _run_one(run, plan, task, self.hook, progress, self.console, self.suite.output_dir)
-        with interrupts.held():
-            result.run_id = self.current[1]
-            self.log.append(result)   # on disk the moment the run ends
-            self._record(run, result)
-            self.current = None
+    def begin(self, run: Run) -> str | None:
+        """The run starts for the observers (call inside ``interrupts.held()``); the tracker's id."""
+        self.current = (run, _tracker_id(self.hook.run_started(run=run)))
+        return self.current[1]
+
+    def finish(self, run: Run, result: RunResult) -> None:
+        """The run's result: on disk the moment it is known, then to the observers (inside ``held()``)."""
+        result.run_id = self.current[1] if self.current else None
+        self.log.append(result)
+        self._record(run, result)
+        self.current = None
+        self.pending.pop(run.key, None)
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.bars.advance(self.progress.overall)
 
     def _record(self, run: Run, result: RunResult) -> None:
         self.hook.run_finished(run=run, result=result)
         self.results.append(result)
 
+    def _in_plan_order(self) -> None:
+        # An executor may finish runs in any order; reports and the return value follow the plan.
+        self.results.sort(key=lambda r: self.order.get(r.run.key, len(self.order)))
+
+    def _kill(self, run: Run, run_id: str | None, cause: str) -> RunResult:
+        killed = RunResult(run, "killed", error=cause, run_id=run_id)
+        self.log.append(killed)
+        self._record(run, killed)
+        return killed
+
     def interrupted(self, signum: int) -> SuiteInterrupted:
-        """Mark the training run killed, close the suite's hooks; the exception to raise."""
+        """Mark the training run(s) killed, close the suite's hooks; the exception to raise."""
         cause = SIGNAL_CAUSES[signum]
-        killed = None
+        killed: list[RunResult] = []
         if self.current is not None:
             run, run_id = self.current
-            killed = RunResult(run, "killed", error=cause, run_id=run_id)
-            self.log.append(killed)
-            self._record(run, killed)
+            self.pending.pop(run.key, None)
+            killed.append(self._kill(run, run_id, cause))
             self.current = None
+        for run in list(self.pending.values()):  # in a worker when the interrupt came: a tracker run each
+            killed.append(self._kill(run, self.begin(run), cause))
+            self.current = None
+        self.pending.clear()
         if self.open:
             self.open = False
+            self._in_plan_order()
             self.hook.suite_finished(suite=self.suite, results=self.results, output_dir=str(self.suite.output_dir))
-        return SuiteInterrupted(cause, signum, killed.run if killed else None, self.results)
+        return SuiteInterrupted(cause, signum, killed[0].run if killed else None, self.results,
+                                killed_runs=[k.run for k in killed])
 
 
 # What must match for a re-run to be a change of code or defaults rather than of configuration.
@@ -364,8 +429,20 @@ def _reuse(run: Run, prev: RunResult, console: Any) -> RunResult:
                      run_id=prev.run_id)
 
 
-def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: _SuiteProgress, console: Any,
-             out_dir: Path) -> RunResult:
+def report_line(run: Run, result: RunResult, seconds: float, console: Any, trace: str | None = None) -> None:
+    """The console line of a run that ended: its metric and time, or why it failed."""
+    if result.status == "finished":
+        console.print(f"{run.key}: {run.metric} = {result.metrics.get(run.metric, float('nan')):.4f} "
+                      f"({seconds:.0f} s)")
+    elif result.status == "failed":
+        console.print(f"[red]run {run.key} failed: {result.error}[/red]", highlight=False)
+        if trace and "HARNESS_DEBUG" in os.environ:  # full traceback on request
+            console.print(trace, markup=False, highlight=False)
+
+
+def run_in_process(run: Run, plan: Plan, task: Any, hook: Any, progress: _SuiteProgress, console: Any,
+                   out_dir: Path) -> RunResult:
+    """Train one run here, its bar fed by every logged step; a failure is recorded, not raised."""
     bars = progress.bars
     bar = bars.add_task(f"  {run.key}", total=run.train["steps"])
 
@@ -375,19 +452,14 @@ def _run_one(run: Run, plan: Plan, task: Any, hook: Any, progress: _SuiteProgres
             hook.metrics_logged(run=run, metrics=metrics, step=step)
 
     start = time.perf_counter()
+    trace = None
     try:
         result = execute_run(run, plan, task, _Hook(), out_dir)
     except KeyboardInterrupt:
         bars.remove_task(bar)
         raise
     except Exception as exc:
-        reason = error_reason(exc)
-        console.print(f"[red]run {run.key} failed: {reason}[/red]")
-        if "HARNESS_DEBUG" in os.environ:  # full traceback on request
-            console.print(traceback.format_exc())
-        result = RunResult(run, "failed", error=reason)
+        result, trace = RunResult(run, "failed", error=error_reason(exc)), traceback.format_exc()
     bars.remove_task(bar)
-    if result.status == "finished":
-        console.print(f"{run.key}: {run.metric} = {result.metrics.get(run.metric, float('nan')):.4f} "
-                      f"({time.perf_counter() - start:.0f} s)")
+    report_line(run, result, time.perf_counter() - start, console, trace)
     return result

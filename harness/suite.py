@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.specs import BUDGET_KNOBS, Run
 
@@ -111,6 +111,7 @@ class TrainSection(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                   # bf16 autocast on CUDA
     threads: int | None = Field(default=None, gt=0)   # torch intra-op threads; None = harness.devices.available_cores()
+    compile: bool = False              # torch.compile the model; compile time is logged apart (compile_seconds)
 
 
 class VariantSection(_Strict):
@@ -137,10 +138,26 @@ class ProfileSection(_Strict):
     warmup: int = Field(default=1, ge=0)
 
 
+class ResourcesSection(_Strict):
+    """What one run or tuning trial asks of a Ray cluster (``--executor ray``, ``--jobs``); the local
+    executor ignores it. Not hashed: where a run trains is not what it trains."""
+
+    num_cpus: float | None = Field(default=None, gt=0)   # None: 1 per run, or the cores / --jobs
+    num_gpus: float = Field(default=0, ge=0)             # 0.5: two runs share one GPU
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float | None) -> float | None:
+        # Ray refuses a fraction above one (a run may share one device, never span parts of two).
+        if value is not None and value > 1 and value != int(value):
+            raise ValueError("above 1 it must be a whole number (fractions below 1 share a device: 0.5, 0.25)")
+        return value
+
+
 # The typed tables, by the TOML path they sit at ("variants.<name>": each variant's table).
 SECTIONS: dict[str, type[BaseModel]] = {
     "suite": SuiteSection, "budget": BudgetSection, "train": TrainSection, "variants.<name>": VariantSection,
-    "tune": TuneSection, "profile": ProfileSection,
+    "tune": TuneSection, "profile": ProfileSection, "resources": ResourcesSection,
 }
 
 
@@ -162,6 +179,7 @@ class Suite(_Strict):
     variants: dict[str, VariantSection]
     tune: TuneSection = Field(default_factory=TuneSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
     @property
     def name(self) -> str:

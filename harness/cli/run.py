@@ -61,6 +61,9 @@ def interrupted_message(exc: Any, output_dir: Any) -> str:
     where = f"{kept} finished run(s) are kept in {output_dir}/runs.jsonl and a re-run resumes after them."
     if exc.killed is None:
         return f"{how}: interrupted between runs; {where}"
+    killed = getattr(exc, "killed_runs", None) or [exc.killed]
+    if len(killed) > 1:  # Ray: every task in flight was cancelled
+        return f"{how}: runs {', '.join(r.key for r in killed)} are marked killed; {where}"
     return f"{how}: run {exc.killed.key} is marked killed; {where}"
 
 
@@ -78,17 +81,34 @@ def interrupted_message(exc: Any, output_dir: Any) -> str:
               "trace and operator table, FLOPs per step and MFU.")
 @click.option("--no-contract", is_flag=True, help="Skip the contract gate: on a causal or padded task every mixer "
               "is otherwise probed for leaks before training and refused if it leaks. The runs are tagged.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where runs train: one at a time in this process, or each (variant, seed) as a Ray task "
+              "asking the suite's [resources] (needs the ray extra: pip install -e '.[ray]').")
+@click.option("--address", default=None, help="With --executor ray: the Ray cluster (host:port that `ray start "
+              "--head` printed) [default: $RAY_ADDRESS, else the cluster `ray start` left on this machine, else a "
+              "new local one].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Runs at once. Alone, N > 1 starts a "
+              "private local Ray cluster and gives each run 1/N of the cores (threads divided); with --executor "
+              "ray, at most N in flight, each with 1/N of the cluster's CPUs unless [resources] num_cpus is set.")
 def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str, ...], no_track: bool,
                 tracking_uri: str | None, output_dir: str | None, best: bool, storage: str | None,
-                profile: bool, no_contract: bool) -> None:
+                profile: bool, no_contract: bool, executor: str, address: str | None, jobs: int | None) -> None:
     """Run a suite: every variant x seed, parameter-matched, tracked, summarised."""
     from harness import tracking
+    from harness.executors import ExecutorError, executor_for
     from harness.suite import SuiteError
 
     extra = (f"suite.output_dir={json.dumps(output_dir)}",) if output_dir else ()
     extra += ("profile.enabled=true",) if profile else ()
     if storage and not best:
         raise click.UsageError("--storage goes with --best")
+    if address and executor != "ray":
+        raise click.UsageError("--address names a Ray cluster: add --executor ray")
+    try:
+        runner_executor = executor_for(executor, address=address, jobs=jobs)
+    except ExecutorError as exc:  # Ray asked for where it is not installed
+        click.echo(f"harness run: {exc}", err=True)
+        sys.exit(1)
     # tuned values apply first, so an explicit --set still wins
     values = _best_values(suite_path, overrides + extra, variants, storage) if best else None
     suite = load_suite_or_exit(suite_path, overrides + extra, values)
@@ -98,9 +118,13 @@ def run_command(suite_path: str, overrides: tuple[str, ...], variants: tuple[str
 
     keep_freed_memory()
     try:
-        results = run_suite(suite, variants=list(variants) or None, contract=not no_contract)
+        results = run_suite(suite, variants=list(variants) or None, contract=not no_contract,
+                            executor=runner_executor)
     except SuiteError as exc:
         exit_with_problems(suite_path, exc.problems)
+    except ExecutorError as exc:
+        click.echo(f"{suite_path}: {exc}; nothing was run.", err=True)
+        sys.exit(1)
     except SuiteInterrupted as exc:
         click.echo(interrupted_message(exc, suite.output_dir), err=True)
         sys.exit(128 + exc.signum)

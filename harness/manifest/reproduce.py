@@ -79,6 +79,7 @@ def fetch(run_id: str, tracking_uri: str | None = None) -> Original:
     """The run, its manifest and its final metrics; ReproduceError when any is missing."""
     from harness.tracking import RunWriter
     from harness.tracking.client import sqlite_path, tracking_uri as resolve_uri
+    from harness.redact import redact
     from harness.tracking.schema import Artifact, Role, Tag
 
     uri = resolve_uri(tracking_uri)
@@ -92,8 +93,8 @@ def fetch(run_id: str, tracking_uri: str | None = None) -> Original:
         except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for one cause
             code = getattr(exc, "error_code", "")
             if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(exc).lower():
-                raise ReproduceError(f"no run {run_id!r} in {uri}") from None
-            raise ReproduceError(f"cannot read the tracking store {uri}: {_first_line(exc)}") from None
+                raise ReproduceError(f"no run {run_id!r} in {redact(uri)}") from None
+            raise ReproduceError(f"cannot read the tracking store {redact(uri)}: {_first_line(exc)}") from None
         tags = dict(run.data.tags)
         _check_reproducible(run_id, tags)
         try:

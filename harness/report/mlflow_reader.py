@@ -119,10 +119,11 @@ def _child_result(client: Any, child: Any, metric: str, suite: str) -> RunResult
 
 def _parent_runs(client: Any, uri: str, experiment: str, parent_run_id: str | None) -> tuple[Any, list[Any]]:
     """(experiment, parent runs, oldest first): the given one, else every harness parent run."""
+    from harness.redact import redact  # a URI's password never reaches the console
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"no MLflow experiment {experiment!r} at {uri} "
+        raise ReportError(f"no MLflow experiment {experiment!r} at {redact(uri)} "
                           f"(experiments: {', '.join(names) or 'none'})")
     if parent_run_id:
         parent = client.get_run(parent_run_id)
@@ -132,7 +133,7 @@ def _parent_runs(client: Any, uri: str, experiment: str, parent_run_id: str | No
     parents = _search_all(client, exp.experiment_id, f"tags.`{Tag.ROLE}` = '{Role.PARENT}'",
                           order_by=["attributes.start_time ASC"])
     if not parents:
-        raise ReportError(f"experiment {experiment!r} at {uri} has no harness parent run "
+        raise ReportError(f"experiment {experiment!r} at {redact(uri)} has no harness parent run "
                           f"(tag {Tag.ROLE}={Role.PARENT})")
     return exp, parents
 

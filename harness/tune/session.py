@@ -1,5 +1,6 @@
 """``harness tune``: check every chosen variant, then tune each in turn (its study, its MLflow
-parent run, its workers) and print the best trial per variant."""
+parent run, its workers: local processes, or Ray tasks with ``--executor ray``) and print the best
+trial per variant."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from harness.tune.best import best_path, set_items, write_best
 from harness.tune.errors import TuneError
 from harness.tune.mlflow_runs import VariantRuns
 from harness.tune.space import Param, format_value, space_for
-from harness.tune.storage import DEFAULT_STORAGE, display_url, open_storage
+from harness.tune.storage import DEFAULT_STORAGE, SQLITE_PREFIX, display_url, is_journal, open_storage
 from harness.tune.study import create_or_join, describe_pruner, study_name, summarize, waiting_trials
 from harness.tune.trial_suite import check_space, trial_config, trial_steps, tuned_metric, variant_values
 from harness.tune.trials import TrialContext, work
@@ -51,6 +52,9 @@ class Session:
     worker_index: int | None
     parent_run_id: str | None
     echo: Callable[[str], None]
+    cluster: Any = None           # a harness.executors.cluster.Cluster with --executor ray
+    resources: Any = None         # what each trial asks of it (harness.executors.resources.TaskResources)
+    at_once: int = 1              # Ray tasks in flight
 
     @property
     def joined(self) -> bool:
@@ -58,7 +62,7 @@ class Session:
         return self.worker_index is not None
 
 
-def _chosen_variants(suite: Suite, variants: list[str] | None, study: str | None, workers: int) -> list[str]:
+def _chosen_variants(suite: Suite, variants: list[str] | None, study: str | None, workers: int | None) -> list[str]:
     if variants:
         unknown = [v for v in variants if v not in suite.variants]
         if unknown:
@@ -69,7 +73,7 @@ def _chosen_variants(suite: Suite, variants: list[str] | None, study: str | None
     if study and len(chosen) > 1:
         raise TuneError(f"--study {study} names one study; pick one variant with -v (studies default to "
                         f"{suite.name}.<variant>)")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise TuneError("--workers must be at least 1")
     return chosen
 
@@ -90,7 +94,8 @@ def _variant_runs(s: Session, p: Prepared, name: str, steps: int, waiting: int) 
         return runs
     shown = display_url(s.url)
     runs.open_parent(storage=shown, metric=s.metric, direction=s.direction, params={
-        "study": name, "storage": shown, "trials": s.trials, "workers": s.workers, "metric": s.metric,
+        "study": name, "storage": shown, "trials": s.trials, "metric": s.metric,
+        "executor": "ray" if s.cluster else "local", "workers": s.at_once if s.cluster else s.workers,
         "direction": s.direction, "seed": s.suite.tune.seed, "steps": steps, "space_source": p.source,
         "space": json.dumps({k: q.as_dict() for k, q in p.space.items()}),
         "sampler": "TPE (seeded per trial)", "pruner": describe_pruner(steps)})
@@ -116,6 +121,11 @@ def _run_study(s: Session, p: Prepared, name: str, study: optuna.Study, ctx: Tri
     procs: list[subprocess.Popen[bytes]] = []
     status = "FINISHED"
     try:
+        if s.cluster is not None:
+            from harness.tune.ray_trials import work_on_ray
+
+            work_on_ray(study, s.storage, ctx, _job(s, p, name, ctx.steps), s.cluster, s.resources, s.at_once, s.echo)
+            return _record_best(s, p.variant, name, study, ctx.runs)
         if not s.joined and s.workers > 1 and waiting:
             procs = spawn_workers(s.workers, suite_path=s.suite_path, variant=p.variant, trials=s.trials,
                                   storage=s.url, study=name, overrides=s.overrides, track=s.writer is not None,
@@ -132,6 +142,14 @@ def _run_study(s: Session, p: Prepared, name: str, study: optuna.Study, ctx: Tri
             ctx.runs.close_parent(summarize(study), s.metric, status)
 
 
+def _job(s: Session, p: Prepared, name: str, steps: int) -> Any:
+    """What every Ray worker needs to run any trial of the variant's study."""
+    from harness.tune.ray_trials import TrialJob
+
+    return TrialJob(url=s.url, study=name, suite=s.suite, variant=p.variant, data=p.data, space=p.space,
+                    metric=s.metric, steps=steps, seed=s.suite.tune.seed, trials=s.trials, threads=s.resources.threads)
+
+
 def _tune_variant(s: Session, p: Prepared) -> dict[str, Any] | None:
     steps = trial_steps(s.suite, p.data, p.variant)
     name = s.study or study_name(s.suite, p.variant)
@@ -140,8 +158,9 @@ def _tune_variant(s: Session, p: Prepared) -> dict[str, Any] | None:
                            join_only=s.joined, echo=s.echo)
     waiting = waiting_trials(study)
     if not s.joined:
+        how = f"{s.at_once} Ray task(s) at once" if s.cluster else f"{s.workers} worker(s)"
         s.echo(f"tuning {p.variant}: study {name} in {display_url(s.url)}, {s.trials} trials ({waiting} to run), "
-               f"{s.workers} worker(s), {steps} steps each; {s.direction} {s.metric}; space from {p.source}: "
+               f"{how}, {steps} steps each; {s.direction} {s.metric}; space from {p.source}: "
                + ", ".join(q.describe() for q in p.space.values()))
     runs = _variant_runs(s, p, name, steps, waiting)
     ctx = TrialContext(s.suite, p.variant, p.data, p.space, s.metric, steps, s.task, runs, s.worker_index or 0,
@@ -152,11 +171,14 @@ def _tune_variant(s: Session, p: Prepared) -> dict[str, Any] | None:
 
 
 def tune(suite: Suite, *, suite_path: str, overrides: list[str], variants: list[str] | None = None,
-         trials: int | None = None, storage: str | None = None, study: str | None = None, workers: int = 1,
-         track: bool = True, tracking_uri: str | None = None, worker_index: int | None = None,
-         parent_run_id: str | None = None, echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+         trials: int | None = None, storage: str | None = None, study: str | None = None,
+         workers: int | None = None, track: bool = True, tracking_uri: str | None = None,
+         worker_index: int | None = None, parent_run_id: str | None = None, executor: str = "local",
+         address: str | None = None, echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Tune each variant in turn; returns a summary per variant. ``worker_index`` marks a process
-    started by ``--workers`` (it joins the study, never creates or tops it up, and starts no workers)."""
+    started by ``--workers`` (it joins the study, never creates or tops it up, and starts no workers).
+    ``executor="ray"``: trials run as Ray tasks on the cluster at ``address`` (``ray_trials``), at
+    most ``workers`` at once (default: as many as fit)."""
     from harness.plan import build_task
 
     tracking.configure(enabled=track, tracking_uri=tracking_uri)
@@ -165,25 +187,71 @@ def tune(suite: Suite, *, suite_path: str, overrides: list[str], variants: list[
     metric, direction = tuned_metric(suite)
     prepared = [_prepare(suite, v) for v in chosen]  # every chosen variant, before the first trial trains
     url = storage or DEFAULT_STORAGE
+    if executor == "ray":
+        url = _shared_storage(url, echo)
     session = Session(suite=suite, suite_path=suite_path, overrides=overrides, trials=trials or suite.tune.trials,
-                      url=url, storage=open_storage(url), study=study, workers=workers,
-                      writer=tracking.RunWriter() if track else None, task=build_task(suite), metric=metric,
+                      url=url, storage=open_storage(url), study=study, workers=workers or 1,
+                      writer=tracking.RunWriter() if track else None,
+                      task=build_task(suite) if executor != "ray" else None, metric=metric,
                       direction=direction, worker_index=worker_index, parent_run_id=parent_run_id, echo=echo)
     if session.joined:
         interrupt_on_signals()
-    elif workers > 1:
-        share_cpus(workers)
+    elif executor == "ray":
+        return _on_ray(session, prepared, address, workers)
+    elif session.workers > 1:
+        share_cpus(session.workers)
+    return _tune_all(session, prepared)
+
+
+def _shared_storage(url: str, echo: Callable[[str], None]) -> str:
+    """Ray workers open the storage themselves: a file storage by its absolute path (and only on
+    this machine), a server database as it is."""
+    from pathlib import Path
+
+    if is_journal(url):
+        path = str(Path(url).resolve())
+    elif url.startswith(SQLITE_PREFIX) and url[len(SQLITE_PREFIX):] not in ("", ":memory:"):
+        path = str(Path(url[len(SQLITE_PREFIX):]).resolve())
+        url = SQLITE_PREFIX + path
+    else:
+        return url
+    echo(f"note: storage {path} is a file: Ray workers on other machines cannot reach it; share a study "
+         f"across machines with a PostgreSQL --storage (postgresql+psycopg://user:password@host/db)")
+    return path if is_journal(url) else url
+
+
+def _on_ray(session: Session, prepared: list[Prepared], address: str | None, workers: int | None
+            ) -> dict[str, dict[str, Any]]:
+    """Tune on the Ray cluster: connected for the whole invocation, trials as tasks."""
+    from harness.executors.cluster import connect
+    from harness.executors.resources import task_resources
+
+    with connect(address, why="harness tune --executor ray") as cluster:
+        interrupt_on_signals()  # ray.init made SIGTERM exit at once: interrupt instead, so trials are recorded
+        session.cluster = cluster
+        session.resources = task_resources(session.suite.resources, cluster_cpus=cluster.cpus)
+        cluster.check_fits(session.resources.num_cpus, session.resources.num_gpus)
+        fit = cluster.capacity(session.resources.num_cpus, session.resources.num_gpus)
+        session.at_once = workers or fit
+        session.echo(f"executor ray: {cluster.describe()}; {session.resources.describe().replace('run', 'trial')}, "
+                     f"up to {session.at_once} at once")
+        return _tune_all(session, prepared)
+
+
+def _tune_all(session: Session, prepared: list[Prepared]) -> dict[str, dict[str, Any]]:
+    suite, echo = session.suite, session.echo
     results: dict[str, dict[str, Any]] = {}
     for p in prepared:
         summary = _tune_variant(session, p)
         if summary is not None:
             results[p.variant] = summary
     if not session.joined:
-        _print_table(suite, results, metric, echo)
+        _print_table(suite, results, session.metric, echo)
         if results:
             files = ", ".join(str(best_path(suite, s["study"])) for s in results.values())
+            shown = f" --storage {display_url(session.url)}" if session.url != DEFAULT_STORAGE else ""
             echo(f"Best params (one file per study, by storage): {files}. Re-run them over all seeds: "
-                 f"harness run {suite_path} --best" + (f" --storage {storage}" if storage else ""))
+                 f"harness run {session.suite_path} --best" + shown)
     return results
 
 

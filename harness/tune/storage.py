@@ -1,15 +1,15 @@
 """Where studies live: ``sqlite:///mlruns/optuna.db`` by default, any SQLAlchemy URL
-(``postgresql://...``), or a path ending in ``.log`` / ``.journal`` for an Optuna journal file
+(``postgresql+psycopg://...`` with the ``ray`` extra's psycopg 3), or a path ending in ``.log`` / ``.journal`` for an Optuna journal file
 (NFS-friendly). Several processes or machines share a study by pointing at the same storage."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from harness.redact import redact
 from harness.tune.errors import TuneError
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
@@ -18,8 +18,8 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 def display_url(url: str) -> str:
-    """A storage URL with its password hidden, for printing and logging."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """A storage URL with its password hidden, for printing and logging (``harness.redact``)."""
+    return redact(url)
 
 
 def is_journal(url: str) -> bool:
@@ -38,8 +38,23 @@ def _journal_storage(path: str, must_exist: bool) -> Any:
     return JournalStorage(JournalFileBackend(path))
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; where only psycopg 3 is installed (the ``ray``
+    extra), use it rather than fail on the missing module."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
 def _rdb_storage(url: str, must_exist: bool) -> Any:
     engine_kwargs: dict[str, Any] = {}
+    shown, url = url, _with_driver(url)
+    if url.startswith("postgresql"):
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}}  # an unreachable host fails in seconds
     if url.startswith(SQLITE_PREFIX):
         path = url[len(SQLITE_PREFIX):]
         if must_exist and not Path(path).exists():
@@ -53,7 +68,8 @@ def _rdb_storage(url: str, must_exist: bool) -> Any:
         except Exception as exc:  # noqa: BLE001 - re-raised below with the URL
             last = exc
             time.sleep(0.5 * (attempt + 1))
-    raise TuneError(f"--storage {display_url(url)}: cannot open: {type(last).__name__}: {last}")
+    raise TuneError(f"--storage {display_url(shown)}: cannot open: {type(last).__name__}: "
+                    f"{redact(str(last).splitlines()[0] if str(last) else '')}")
 
 
 def open_storage(url: str | None = None, *, must_exist: bool = False) -> Any:

@@ -176,10 +176,10 @@ def create_or_join(name: str, storage: Any, *, direction: str, trials: int, seed
     return study
 
 
-def claim_trial(study: optuna.Study, storage: Any) -> optuna.Trial | None:
-    """The next queued trial of ``study`` (opened on ``storage``), now RUNNING for this process, or
-    None when the queue is empty: the queue is the budget, so unlike ``Study.ask()`` nothing new is
-    created. Claiming is atomic across processes (RDB row lock / journal replay): a trial that
+def claim_trial_id(study: optuna.Study, storage: Any) -> tuple[int, int] | None:
+    """(trial id, trial number) of the next queued trial of ``study``, now RUNNING for this process,
+    or None when the queue is empty: the queue is the budget, so unlike ``Study.ask()`` nothing new
+    is created. Claiming is atomic across processes (RDB row lock / journal replay): a trial that
     another worker claimed or finished first is skipped."""
     study_id = storage.get_study_id_from_name(study.study_name)
     for queued in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
@@ -189,11 +189,24 @@ def claim_trial(study: optuna.Study, storage: Any) -> optuna.Trial | None:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        # A Study caches its trials per thread; a fresh one lets the sampler see other workers' latest trials.
-        fresh = optuna.load_study(study_name=study.study_name, storage=storage, sampler=study.sampler,
-                                  pruner=study.pruner)
-        return optuna.trial.Trial(fresh, trial_id)
+        return trial_id, queued.number
     return None
+
+
+def open_trial(study_name: str, storage: Any, trial_id: int, sampler: Any, pruner: Any) -> optuna.Trial:
+    """A claimed trial to run, in this process or in a Ray worker that received its id."""
+    # A Study caches its trials per thread; a fresh one lets the sampler see other workers' latest trials.
+    fresh = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+    return optuna.trial.Trial(fresh, trial_id)
+
+
+def claim_trial(study: optuna.Study, storage: Any) -> optuna.Trial | None:
+    """The next queued trial of ``study`` (opened on ``storage``), claimed for this process (see
+    ``claim_trial_id``), or None when the queue is empty."""
+    claimed = claim_trial_id(study, storage)
+    if claimed is None:
+        return None
+    return open_trial(study.study_name, storage, claimed[0], study.sampler, study.pruner)
 
 
 def waiting_trials(study: optuna.Study) -> int:

@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from harness.suite import Suite, SuiteError, TrainSection, apply_values, parse_suite
 from harness.tune.space import Param
 
-# Where things live and which device trains may differ between the machines sharing a study.
-_LOCAL_KEYS = re.compile(r"^suite\.output_dir$|^task\..*(root|dir|path|cache|download|workers)|(^|\.)train\.(device|threads)$")
+# Where things live and which device trains may differ between the machines sharing a study; so
+# may [resources] (what a trial asks of a Ray cluster: where it trains, not what).
+_LOCAL_KEYS = re.compile(r"^suite\.output_dir$|^task\..*(root|dir|path|cache|download|workers)|(^|\.)train\.(device|threads)$"
+                         r"|^resources\.")
 
 
 def tuned_metric(suite: Suite) -> tuple[str, str]:

@@ -102,6 +102,11 @@ def objective(trial: optuna.Trial, params: dict[str, Any], ctx: TrialContext, ru
         trial.set_user_attr(ERROR_ATTR, outcome.error)
         raise Pruned(hook.step, f"diverged at step {hook.step} (counted as pruned): {exc}") from None
     run.metrics({k: v for k, v in result.efficiency.items() if isinstance(v, (int, float))}, ctx.steps)
+    if run.writer and run.run_id:  # what `harness reproduce <trial run id>` re-runs the trial from
+        from harness.manifest import log_manifest
+        from harness.tracking.schema import Role
+
+        log_manifest(run.writer, run.run_id, suite, result.run, role=Role.TUNE_TRIAL)
     value = result.metrics.get(ctx.metric)
     if value is None:
         reported = ", ".join(sorted(k for k in result.metrics if k.startswith("val/")))
@@ -161,10 +166,15 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> TrialState:
     seconds = time.perf_counter() - start
     run.finish(outcome.state, value=outcome.value, step=ctx.steps, error=outcome.error,
                pruned_step=outcome.pruned_step)
+    ctx.echo(trial_line(prefix, ctx.variant, trial.number, outcome, seconds))
+    return outcome.state
+
+
+def trial_line(prefix: str, variant: str, number: int, outcome: Outcome, seconds: float) -> str:
+    """The line printed when a trial ends: its params, how it ended, how long it took."""
     shown = "  ".join(f"{k}={format_value(v)}" for k, v in outcome.params.items())
     took = f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    ctx.echo(f"{prefix}{ctx.variant} #{trial.number}  {shown}  ->  {outcome.note}  ({took})")
-    return outcome.state
+    return f"{prefix}{variant} #{number}  {shown}  ->  {outcome.note}  ({took})"
 
 
 def work(study: optuna.Study, storage: Any, ctx: TrialContext) -> int:
