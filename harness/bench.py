@@ -2,7 +2,10 @@
 
 Every mixer is timed at the same shape in the same process as the reference ``softmax`` mixer, and
 reported as a ratio to it (ratios, not absolute times, are what carries over between noisy
-machines). Out-of-memory and other failures are recorded per (mixer, T) and the bench goes on.
+machines), and as per-FLOP efficiency: time ratio / FLOP ratio, both to softmax in the same row
+(../shared/TARGETS.md: target <= 1.25). With ``compile`` every mixer, the reference included, runs
+through ``torch.compile``; the compile (the first calls) is timed apart, in ``compile_s``, and never
+enters the timed reps; a mixer that fails to compile is timed eager, with the reason in ``message``. Out-of-memory and other failures are recorded per (mixer, T) and the bench goes on.
 The command itself is ``harness.cli.bench``; this module measures, tabulates, plots and logs.
 
 Module top stays light (click and stdlib): torch, pandas, matplotlib and mlflow load inside functions.
@@ -23,9 +26,11 @@ from harness.suite import parse_literal
 REFERENCE = "softmax"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 NOISY_SPREAD = 0.25  # (p80 - p20) / median above which a timing is flagged as noisy
+EFFICIENCY_TARGET = 1.25  # ../shared/TARGETS.md: time ratio / FLOP ratio to softmax, at most this
 COLUMNS = ["mixer", "T", "status", "fwd_ms", "fwd_ms_p20", "fwd_ms_p80", "fwd_reps",
            "fwd_bwd_ms", "fwd_bwd_ms_p20", "fwd_bwd_ms_p80", "fwd_bwd_reps",
-           "ratio_vs_softmax", "fwd_ratio_vs_softmax", "peak_mem_mb", "flops", "grid", "options", "message"]
+           "ratio_vs_softmax", "fwd_ratio_vs_softmax", "flop_ratio_vs_softmax", "efficiency", "peak_mem_mb", "flops",
+           "compiled", "compile_s", "grid", "options", "message"]
 
 
 # ------------------------------------------------------------------------------------ input parsing
@@ -110,15 +115,22 @@ def skip_reason(spec: Any, T: int, causal: bool) -> str | None:
 
 @dataclass
 class Case:
-    """One mixer built at one length, with the two calls the bench times."""
+    """One mixer built at one length, with the two calls the bench times. ``eager_forward`` is the
+    uncompiled forward (FLOPs are counted there: the same function, and the counter sees every
+    product). With compilation asked, ``compiled`` says whether it took, ``compile_s`` how long the
+    compiling first calls took, ``compile_error`` why it fell back to eager."""
 
     module: Any
     forward: Callable[[], None]
     forward_backward: Callable[[], None]
+    eager_forward: Callable[[], None] | None = None
+    compiled: bool = False
+    compile_s: float | None = None
+    compile_error: str = ""
 
 
 def build_case(name: str, T: int, *, dim: int, heads: int, batch: int, causal: bool, device: Any, dtype: Any,
-               options: dict[str, Any]) -> Case:
+               options: dict[str, Any], compile: bool = False, backward: bool = True) -> Case:
     import torch
 
     from harness.nn.aux import collect_aux
@@ -134,19 +146,55 @@ def build_case(name: str, T: int, *, dim: int, heads: int, batch: int, causal: b
     x_grad = x.detach().clone().requires_grad_(True)
     grad_out = torch.randn_like(x)
 
-    def forward() -> None:
-        with torch.no_grad():
-            module(x)
-        collect_aux(module)  # drop reported aux values so they do not pile up across reps
+    def calls(run: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+        def forward() -> None:
+            with torch.no_grad():
+                run(x)
+            collect_aux(module)  # drop reported aux values so they do not pile up across reps
 
-    def forward_backward() -> None:
-        y = module(x_grad)
-        losses, _ = collect_aux(module)
-        ((y * grad_out).sum() + sum(losses.values())).backward()
+        def forward_backward() -> None:
+            y = run(x_grad)
+            losses, _ = collect_aux(module)
+            ((y * grad_out).sum() + sum(losses.values())).backward()
+            module.zero_grad(set_to_none=True)
+            x_grad.grad = None
+
+        return forward, forward_backward
+
+    forward, forward_backward = calls(module)
+    case = Case(module, forward, forward_backward, eager_forward=forward)
+    if compile:
+        compile_case(case, calls, backward)
+    return case
+
+
+def compile_case(case: Case, calls: Callable[[Any], tuple[Callable[[], None], Callable[[], None]]],
+                 backward: bool) -> None:
+    """Swap the case's calls for ``torch.compile``d ones and pay the compilation now: the first
+    forward (eval) and forward+backward (train) calls compile their graphs, and their wall time is
+    ``compile_s``, apart from the timed reps. On any failure the case stays eager and
+    ``compile_error`` says why."""
+    import time
+
+    from harness.compiling import compile_module
+
+    module = case.module
+    start = time.perf_counter()
+    try:
+        forward, forward_backward = calls(compile_module(module))
+        module.eval()
+        forward()
+        if backward:
+            module.train()
+            forward_backward()
+    except Exception as exc:  # noqa: BLE001 - any compiler failure: the mixer is timed eager
+        case.compile_error = f"compile failed, timed eager: {_one_line(exc)}"
         module.zero_grad(set_to_none=True)
-        x_grad.grad = None
-
-    return Case(module, forward, forward_backward)
+        return
+    finally:
+        module.eval()
+    case.forward, case.forward_backward = forward, forward_backward
+    case.compiled, case.compile_s = True, time.perf_counter() - start
 
 
 def case_peak_memory_mb(case: Case, device: Any, backward: bool) -> float:
@@ -168,7 +216,8 @@ def case_peak_memory_mb(case: Case, device: Any, backward: bool) -> float:
 def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int = 4, batch: int = 32,
               causal: bool = False, backward: bool = True, device: Any = "cpu", dtype: Any = "float32",
               warmup: int = 2, reps: int = 10, options_by_mixer: dict[str, dict[str, Any]] | None = None,
-              max_seconds: float | None = None, on_progress: Callable[[str, int], None] | None = None) -> Any:
+              max_seconds: float | None = None, on_progress: Callable[[str, int], None] | None = None,
+              compile: bool = False) -> Any:
     """Measure every mixer at every T; returns a pandas DataFrame with one row per (mixer, T).
 
     At each T all mixers are built first, then timed in interleaved rounds (see
@@ -178,6 +227,11 @@ def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int
     forward call. ``ratio_vs_softmax`` compares fwd+bwd times when ``backward``, else forward
     times; ``fwd_ratio_vs_softmax`` always compares forward times. ``max_seconds`` caps the timed
     seconds per (mixer, T, phase), down to 3 reps (``fwd_reps``/``fwd_bwd_reps`` say how many ran).
+    ``flop_ratio_vs_softmax`` is the FLOP ratio and ``efficiency`` = ``ratio_vs_softmax`` /
+    ``flop_ratio_vs_softmax`` (how much slower each FLOP runs than softmax's). ``compile``: every
+    mixer runs through ``torch.compile``; ``compiled`` says where it took, ``compile_s`` is the time
+    of the compiling first calls (never part of the timed reps), and a mixer that fails to compile
+    is timed eager with the reason in ``message``.
     ``on_progress(description, cases_done)`` reports progress.
     """
     import pandas as pd
@@ -187,7 +241,8 @@ def run_bench(mixers: list[str], seq_lens: list[int], dim: int = 128, heads: int
 
     shape = _Shape(dim=dim, heads=heads, batch=batch, causal=causal, backward=backward,
                    device=resolve_device(device),
-                   dtype=getattr(torch, DTYPES.get(dtype, dtype)) if isinstance(dtype, str) else dtype)
+                   dtype=getattr(torch, DTYPES.get(dtype, dtype)) if isinstance(dtype, str) else dtype,
+                   compile=compile)
     bench = _Bench(mixers, sorted(seq_lens), shape, options_by_mixer or {}, on_progress)
     phases = [("fwd_ms", "forward")] + ([("fwd_bwd_ms", "forward_backward")] if backward else [])
     for T in bench.lens:
@@ -210,6 +265,7 @@ class _Shape:
     backward: bool
     device: Any
     dtype: Any
+    compile: bool = False
 
 
 class _Bench:
@@ -246,11 +302,14 @@ class _Bench:
             if name in self.oom_at:
                 row.update(status="oom", message=f"not run: out of memory at T={self.oom_at[name]}")
                 continue
-            self.report(f"{name} T={T}: build, FLOPs, memory", 0)
+            self.report(f"{name} T={T}: build{', compile' if shape.compile else ''}, FLOPs, memory", 0)
             try:
                 case = build_case(name, T, dim=shape.dim, heads=shape.heads, batch=shape.batch, causal=shape.causal,
-                                  device=shape.device, dtype=shape.dtype, options=self.options.get(name, {}))
-                row.update(flops=flops_of(case.forward), status="ok", message="",
+                                  device=shape.device, dtype=shape.dtype, options=self.options.get(name, {}),
+                                  compile=shape.compile, backward=shape.backward)
+                row.update(flops=flops_of(case.eager_forward or case.forward), status="ok",
+                           message=case.compile_error, compiled=case.compiled,
+                           compile_s=math.nan if case.compile_s is None else case.compile_s,
                            peak_mem_mb=case_peak_memory_mb(case, shape.device, shape.backward))
                 cases[name] = case
             except Exception as exc:  # recorded, never fatal: the bench goes on
@@ -278,11 +337,16 @@ class _Bench:
 
 
 def add_ratios(frame: Any, backward: bool) -> Any:
-    """Time of each row / time of the reference at the same T (NaN where the reference did not run)."""
+    """Time of each row / time of the reference at the same T (NaN where the reference did not run),
+    the FLOP ratio likewise, and ``efficiency`` = time ratio / FLOP ratio."""
     ref = frame[(frame["mixer"] == REFERENCE) & (frame["status"] == "ok")].set_index("T")
     for column, time_col in (("fwd_ratio_vs_softmax", "fwd_ms"),
-                             ("ratio_vs_softmax", "fwd_bwd_ms" if backward else "fwd_ms")):
-        frame[column] = frame[time_col] / frame["T"].map(ref[time_col])
+                             ("ratio_vs_softmax", "fwd_bwd_ms" if backward else "fwd_ms"),
+                             ("flop_ratio_vs_softmax", "flops")):
+        frame[column] = frame[time_col].astype(float) / frame["T"].map(ref[time_col]).astype(float)
+    # A mixer with ~0 FLOPs (token_mixer) has no meaningful efficiency: NaN, not a huge number.
+    flop_ratio = frame["flop_ratio_vs_softmax"].where(frame["flop_ratio_vs_softmax"] > 1e-3)
+    frame["efficiency"] = frame["ratio_vs_softmax"] / flop_ratio
     return frame
 
 
@@ -302,12 +366,14 @@ def loglog_slope(frame: Any, mixer: str, time_col: str) -> tuple[float, float | 
 # ------------------------------------------------------------------------------------------ output
 
 def bench_figure(frame: Any, time_col: str, title: str) -> Any:
-    """Log-log time vs T, one line per mixer (the median) with its p20-p80 band, a dashed T^2 guide
-    through softmax's first point, plain numbers on both axes."""
+    """Left: log-log time vs T, one line per mixer (the median) with its p20-p80 band, a dashed T^2
+    guide through softmax's first point, plain numbers on both axes. Right (when the frame has an
+    ``efficiency`` column): per-FLOP efficiency vs T per mixer, with the target line at 1.25."""
     from harness.report.plots import new_figure, plain_log_axis
 
-    fig = new_figure(7, 5)
-    ax = fig.subplots()
+    with_eff = "efficiency" in frame.columns and frame["efficiency"].notna().any()
+    fig = new_figure(13 if with_eff else 7, 5)
+    ax, *rest = fig.subplots(1, 2) if with_eff else [fig.subplots()]
     ok = frame[frame["status"] == "ok"].sort_values("T")
     for name, group in ok.groupby("mixer", sort=False):
         line, = ax.plot(group["T"], group[time_col], marker="o", label=name)
@@ -328,7 +394,27 @@ def bench_figure(frame: Any, time_col: str, title: str) -> Any:
     ax.grid(True, which="both", axis="y", alpha=0.3)
     ax.grid(True, which="major", axis="x", alpha=0.3)   # T's minor ticks are hidden: no lines for them
     ax.legend()
+    if rest:
+        _efficiency_axes(rest[0], frame)
     return fig
+
+
+def _efficiency_axes(ax: Any, frame: Any) -> None:
+    """Efficiency (time ratio / FLOP ratio to softmax) vs T, one line per mixer, target line at 1.25."""
+    ok = frame[(frame["status"] == "ok") & frame["efficiency"].notna()].sort_values("T")
+    for name, group in ok.groupby("mixer", sort=False):
+        ax.plot(group["T"], group["efficiency"], marker="o", label=name)
+    ax.axhline(EFFICIENCY_TARGET, color="red", linestyle="--", linewidth=1.2,
+               label=f"target {EFFICIENCY_TARGET:g} (TARGETS.md)")
+    lengths = sorted(frame["T"].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(lengths, labels=[str(t) for t in lengths])
+    ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    ax.set(xlabel="sequence length T", ylabel="efficiency = time ratio / FLOP ratio (vs softmax)",
+           title="per-FLOP efficiency (lower is better)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
 
 
 def write_plot(frame: Any, time_col: str, path: Path, title: str) -> None:
@@ -361,8 +447,11 @@ def results_table(frame: Any, backward: bool) -> Any:
     from rich.table import Table
 
     basis = "fwd+bwd" if backward else "fwd"
-    table = Table(title=f"harness bench (median ms; ratio = {basis} time / softmax's at the same T)")
-    for header in ("mixer", "T", "fwd ms", "fwd+bwd ms", "vs softmax", "peak MB", "FLOPs", "status"):
+    table = Table(title=f"harness bench (median ms; ratio = {basis} time / softmax's at the same T; "
+                        f"efficiency = ratio / FLOP ratio, target <= {EFFICIENCY_TARGET:g})")
+    compiled = "compile_s" in frame.columns and frame["compile_s"].notna().any()
+    headers = ["mixer", "T", "fwd ms", "fwd+bwd ms", "vs softmax", "peak MB", "FLOPs", "FLOP ratio", "efficiency"]
+    for header in headers + (["compile s"] if compiled else []) + ["status"]:
         table.add_column(header, justify="left" if header in ("mixer", "status") else "right",
                          no_wrap=header == "mixer")
     previous = None
@@ -370,10 +459,18 @@ def results_table(frame: Any, backward: bool) -> Any:
         if previous is not None and r.mixer != previous:
             table.add_section()
         previous = r.mixer
-        table.add_row(r.mixer, str(r.T), _ms(r.fwd_ms), _ms(r.fwd_bwd_ms),
-                      _fmt(r.ratio_vs_softmax, ".2f") + ("x" if r.status == "ok" else ""),
-                      _fmt(r.peak_mem_mb, ".1f"), _si(r.flops),
-                      r.status if r.status == "ok" else f"[red]{r.status}[/red]")
+        eff = _fmt(r.efficiency, ".2f")
+        if eff != "-" and r.efficiency > EFFICIENCY_TARGET:
+            eff = f"[yellow]{eff}[/yellow]"
+        status = r.status if r.status == "ok" else f"[red]{r.status}[/red]"
+        if r.status == "ok" and isinstance(r.message, str) and r.message.startswith("compile failed"):
+            status = "ok [yellow](eager)[/yellow]"
+        cells = [r.mixer, str(r.T), _ms(r.fwd_ms), _ms(r.fwd_bwd_ms),
+                 _fmt(r.ratio_vs_softmax, ".2f") + ("x" if r.status == "ok" else ""),
+                 _fmt(r.peak_mem_mb, ".1f"), _si(r.flops), _fmt(r.flop_ratio_vs_softmax, ".2f"), eff]
+        if compiled:
+            cells.append(_fmt(r.compile_s, ".1f"))
+        table.add_row(*cells, status)
     return table
 
 
@@ -388,8 +485,12 @@ def log_to_mlflow(tracking_uri: str | None, params: dict[str, Any], frame: Any, 
     run_id = writer.start(writer.experiment(BENCH_EXPERIMENT), "bench", {})
     writer.params(run_id, params)
     for r in frame[frame["status"] == "ok"].itertuples(index=False):
-        writer.metrics(run_id, {bench_metric(r.mixer, time_col): getattr(r, time_col),
-                                bench_metric(r.mixer, "ratio_vs_softmax"): r.ratio_vs_softmax}, step=int(r.T))
+        values = {bench_metric(r.mixer, time_col): getattr(r, time_col),
+                  bench_metric(r.mixer, "ratio_vs_softmax"): r.ratio_vs_softmax,
+                  bench_metric(r.mixer, "efficiency"): r.efficiency}
+        if isinstance(r.compile_s, float) and r.compile_s == r.compile_s:   # compiled: its compile time apart
+            values[bench_metric(r.mixer, "compile_s")] = r.compile_s
+        writer.metrics(run_id, {k: float(v) for k, v in values.items() if v is not None and v == v}, step=int(r.T))
     for path in files:
         writer.artifact(run_id, path)
     writer.end(run_id, "FINISHED")

@@ -20,7 +20,7 @@ TITLES = {"meta": "meta construction", "shape": "output shape", "finite": "finit
           "gradients": "parameter gradients", "gradcheck": "gradient check", "reach": "gradient reach",
           "mixing": "token mixing", "determinism": "determinism", "batch": "batch independence",
           "causal": "causal leak", "padding": "padding leak", "truncation": "padding truncation",
-          "kv_cache": "kv cache"}
+          "kv_cache": "kv cache", "compiled": "compiled = eager"}
 PROPERTIES = ("meta", "shape", "finite", "gradients", "gradcheck", "reach", "mixing", "determinism", "batch",
               "causal", "padding", "truncation", "kv_cache")
 GRIDS = ((4, 4), (3, 4), (5, 8))     # T = 16, 12, 40
@@ -31,6 +31,12 @@ LEAK_RTOL = 1e-12
 TRUNCATION_RTOL = 1e-10               # the same arithmetic on a shorter tensor: rounding only
 MIX_ATOL = 1e-7
 PERTURBATION = 10.0                   # large, so that a leak through a near-mask is amplified
+# Opt-in (check_mixer(..., compiled=True)): torch.compile'd outputs and gradients against eager, in
+# float32 at one tiny length. Compiled kernels reorder reductions and fuse ops: float32 rounding,
+# relative to each tensor's largest value.
+OPT_IN = ("compiled",)
+COMPILED_GRID = (4, 4)                # T = 16: each graph compiles once, in seconds to a minute
+COMPILED_RTOL = 1e-4
 
 
 @dataclass
@@ -374,6 +380,51 @@ class Checker:
         short = self.build((length // grid[1], grid[1]), causal=causal)
         short.load_state_dict(module.state_dict())
         return short
+
+    def check_compiled(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
+        """``torch.compile`` of the module (as the bench and ``train.compile`` run it) gives the eager
+        outputs, input gradient and every parameter's gradient within float32 rounding, at T = 16,
+        bidirectional and (when the mixer supports them) causal and padded: no compiled number may
+        come from a different function. Float32, the dtype compiled runs use."""
+        from harness.compiling import compile_module, describe_failure
+
+        grid = grids[0] if spec.fixed_len else COMPILED_GRID
+        t = grid[0] * grid[1]
+        runs = [(f"T={t}", False, False)]
+        if spec.causal_ok or spec.padding_ok:
+            runs.append((f"{'causal ' if spec.causal_ok else ''}{'padded ' if spec.padding_ok else ''}T={t}",
+                         spec.causal_ok, spec.padding_ok))
+        worst = 0.0
+        for label, causal, padded in runs:
+            module = self.build(grid, causal=causal).float()
+            x = self.input(grid).float()
+            pad = self._pads(t, grid) if padded else None
+            weight = torch.randn(x.shape, generator=self.gen)
+            want = self._outputs_and_grads(module, module, x, pad, weight)
+            try:
+                got = self._outputs_and_grads(compile_module(module), module, x, pad, weight)
+            except Exception as exc:  # the compiler failed: the property fails, the report goes on
+                raise ContractFailure(float("nan"), "compiles", f"{label}: torch.compile raised "
+                                      f"{describe_failure(exc)}") from None
+            for what in want:
+                dev = _rel_dev(want[what], got[what], want[what])
+                worst = max(worst, _at_most(dev, COMPILED_RTOL, lambda: f"{label}: compiled {what} differs from "
+                                            f"eager by {dev:.3e} (relative, float32)"))
+        self.passed("compiled", "compiled_dev", worst, COMPILED_RTOL, f"outputs and gradients, {len(runs)} graph(s)")
+
+    @staticmethod
+    def _outputs_and_grads(call: Any, module: nn.Module, x: torch.Tensor, pad: torch.Tensor | None,
+                           weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Output, input gradient and parameter gradients of ``call`` (the module or its compiled form)."""
+        module.zero_grad(set_to_none=True)
+        x = x.clone().requires_grad_(True)
+        y = call(x, pad)
+        losses, _ = collect_aux(module)
+        ((y * weight).sum() + sum(losses.values(), torch.zeros((), dtype=y.dtype))).backward()
+        out = {"output": y.detach(), "input gradient": x.grad}
+        out.update({f"gradient of {n}": p.grad for n, p in module.named_parameters() if p.grad is not None})
+        module.zero_grad(set_to_none=True)
+        return out
 
     def check_kv_cache(self, grids: tuple[tuple[int, int], ...], spec: Any) -> None:
         worst = 0.0

@@ -198,3 +198,4 @@ class RunResult:
     error: str | None = None
     run_id: str | None = None                                   # tracker's id (MLflow child run)
     artifacts: dict[str, str] = field(default_factory=dict)     # name -> file (profiler trace, op table)
+    tags: dict[str, str] = field(default_factory=dict)          # extra tracker tags (harness.compile_fallback)

@@ -24,7 +24,11 @@ Properties (names usable in ``checks=``):
 - ``truncation`` (when ``padding_ok`` and not ``fixed_len``): the real outputs of a padded sequence
   equal the outputs of the sequence cut to its real tokens (left and right padding; grid mixers:
   whole trailing rows);
-- ``kv_cache`` (when ``kv_cache``): decoding in chunks equals one causal forward.
+- ``kv_cache`` (when ``kv_cache``): decoding in chunks equals one causal forward;
+- ``compiled`` (opt-in: ``compiled=True``): ``torch.compile`` of the module gives the eager outputs
+  and gradients (input and every parameter) within float32 rounding (relative 1e-4) at T = 16,
+  bidirectional and causal/padded, so no compiled number comes from a different function. It
+  compiles two graphs, which takes seconds to minutes on a CPU: mark tests that use it slow.
 
 Lengths: 16 (a 4x4 grid), 12 (3x4, not a square) and 40 (5x8, longer than 32), so a fast path that
 only kicks in at some lengths is exercised; a ``fixed_len`` mixer is checked at its one length.
@@ -37,20 +41,22 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from harness.contract import (PROPERTIES, TITLES, Checker, ContractFailure, ContractReport, PropertyCheck,
-                              grids_for)
+from harness.contract import (OPT_IN, PROPERTIES, TITLES, Checker, ContractFailure, ContractReport,
+                              PropertyCheck, grids_for)
 from harness.registry import mixer as mixer_spec
 
 
 def check_mixer(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2, seed: int = 0,
-                checks: tuple[str, ...] | None = None, max_len: int = 16, **options: Any) -> dict[str, float]:
+                checks: tuple[str, ...] | None = None, max_len: int = 16, compiled: bool = False,
+                **options: Any) -> dict[str, float]:
     """Check the contract of mixer ``name`` built with ``options``; raise AssertionError listing
     every broken property, else return the figures (max deviations, smallest gradient, ...).
 
     ``checks`` restricts the properties (see the module docstring); by default every property that
-    applies to the mixer's capabilities is checked. ``max_len`` is the length of a ``fixed_len`` mixer."""
+    applies to the mixer's capabilities is checked. ``max_len`` is the length of a ``fixed_len`` mixer.
+    ``compiled=True`` adds the opt-in ``compiled`` property (``checks=("compiled",)`` runs it alone)."""
     report = contract_report(name, dim=dim, heads=heads, batch=batch, seed=seed, checks=checks, max_len=max_len,
-                             **options)
+                             compiled=compiled, **options)
     report.raise_if_failed()
     return report.figures
 
@@ -58,15 +64,16 @@ def check_mixer(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2, see
 def contract_report(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2, seed: int = 0,
                     checks: tuple[str, ...] | None = None, max_len: int = 16,
                     grids: tuple[tuple[int, int], ...] | None = None, cut_sample: int | None = None,
-                    **options: Any) -> ContractReport:
+                    compiled: bool = False, **options: Any) -> ContractReport:
     """Measure every property that applies; never raises for a broken property (a mixer that
     crashes is recorded as failing the property that crashed). ``grids`` replaces the default
     lengths; ``cut_sample`` checks a seeded sample of that many causal cut points instead of all."""
     spec = mixer_spec(name)
-    wanted = set(checks or PROPERTIES)
-    unknown = wanted - set(PROPERTIES)
+    wanted = set(checks or PROPERTIES) | ({"compiled"} if compiled else set())
+    unknown = wanted - set(PROPERTIES) - set(OPT_IN)
     if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(sorted(unknown))}; properties: {', '.join(PROPERTIES)}")
+        raise ValueError(f"unknown check(s) {', '.join(sorted(unknown))}; properties: "
+                         f"{', '.join(PROPERTIES + OPT_IN)}")
     applies = {"causal": spec.causal_ok, "kv_cache": spec.kv_cache and spec.causal_ok, "padding": spec.padding_ok,
                "truncation": spec.padding_ok and not spec.fixed_len, "gradcheck": not spec.surrogate_gradients,
                "batch": batch > 1}
@@ -74,7 +81,7 @@ def contract_report(name: str, *, dim: int = 32, heads: int = 4, batch: int = 2,
     report = ContractReport(name, dict(options))
     checker = Checker(name, dim, heads, batch, seed, options, report)
     checker.cut_sample = cut_sample
-    for prop in PROPERTIES:
+    for prop in PROPERTIES + OPT_IN:
         if prop not in wanted:
             continue
         try:

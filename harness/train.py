@@ -5,7 +5,10 @@ logged. Modules that request per-example task losses (``harness.nn.aux.request_e
 e.g. MAW's supervised and GRPO routers) get them after the forward, before backward, from no-grad
 probe forwards of the same batch (``per_example_loss`` below; the probes count as model-step time).
 The loop's own work (batches, logging) is timed apart from the model step so the overhead can be
-reported.
+reported. With ``train.compile`` the model runs through ``torch.compile`` (``harness.compiling``):
+a training step during which anything compiled counts as compile time (``compile_seconds``), never
+as step time or throughput; a model that fails to compile falls back to eager with a warning, and
+the reason is kept (``TrainOutcome.compile_fallback``).
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ class TrainOutcome:
     train_time_s: float = 0.0
     loop_overhead: float = 0.0                        # share of a training iteration outside the model step
     decayed_params: int = 0                           # scalar parameters under weight decay
+    compiled: bool = False                            # train.compile asked and the model ran compiled
+    compile_seconds: float = 0.0                      # training steps that compiled: apart from step time
+    compile_fallback: str = ""                        # why a train.compile model ran eager instead
 
 
 def autocast_for(device: torch.device, amp: bool) -> Callable[[], Any]:
@@ -188,6 +194,37 @@ def per_example_loss(task: Any, model: nn.Module, batch: tuple[torch.Tensor, ...
     return task.loss(model, batch).detach().expand(len(batch[0]))
 
 
+class _Compiled:
+    """``train.compile``: the model the loop calls (compiled, or eager after a fallback), and the
+    time of the training steps that compiled."""
+
+    def __init__(self, model: nn.Module, wanted: bool):
+        self.eager, self.seconds, self.fallback = model, 0.0, ""
+        self.model: nn.Module = model
+        if wanted:
+            from harness.compiling import compile_module
+
+            try:
+                self.model = compile_module(model)
+            except Exception as exc:  # noqa: BLE001 - any failure: eager, with the reason
+                self.fall_back(exc)
+
+    @property
+    def active(self) -> bool:
+        return self.model is not self.eager
+
+    def fall_back(self, exc: BaseException) -> None:
+        from harness.compiling import describe_failure
+
+        self.model, self.fallback = self.eager, describe_failure(exc)
+        warnings.warn(f"train.compile: the model failed to compile and runs eager: {self.fallback}", stacklevel=3)
+
+    def events(self) -> int:
+        from harness.compiling import compile_events
+
+        return compile_events() if self.active else 0
+
+
 def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
           on_metrics: Callable[[dict[str, float], int], None] | None = None) -> TrainOutcome:
     """Train ``model`` on ``task``; ``on_metrics(metrics, step)`` receives every logged dict."""
@@ -205,9 +242,18 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
         history.append({"step": step, **metrics})
         emit(metrics, step)
 
+    net = _Compiled(model, bool(getattr(cfg, "compile", False)))
+
     def evaluate(split: str) -> dict[str, float]:
         model.eval()
-        out = task.evaluate(model, task.batches(split, cfg.batch_size), device, autocast)
+        try:
+            out = task.evaluate(net.model, task.batches(split, cfg.batch_size), device, autocast)
+        except Exception as exc:  # noqa: BLE001
+            if not net.active:
+                raise
+            net.fall_back(exc)
+            collect_aux(model)
+            out = task.evaluate(model, task.batches(split, cfg.batch_size), device, autocast)
         collect_aux(model)
         pop_example_loss_requests(model)  # evaluation answers none
         model.train()
@@ -221,8 +267,17 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
         t_iter = time.perf_counter()
         batch = _to(next(batches), device)
         t0 = time.perf_counter()
-        with autocast():
-            loss = task.loss(model, batch)
+        events = net.events()
+        try:
+            with autocast():
+                loss = task.loss(net.model, batch)
+        except Exception as exc:  # noqa: BLE001 - a compiler failure: eager from here on
+            if not net.active:
+                raise
+            net.fall_back(exc)
+            collect_aux(model)
+            with autocast():
+                loss = task.loss(model, batch)
         aux_losses, stats = collect_aux(model)
         requests = pop_example_loss_requests(model)
         if requests:  # probes without autograd; the modules report their losses on delivery
@@ -235,7 +290,18 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
             aux_losses.update(more_losses)
             stats.update(more_stats)
         opt.zero_grad(set_to_none=True)
-        (loss + sum(aux_losses.values()) if aux_losses else loss).backward()
+        try:
+            (loss + sum(aux_losses.values()) if aux_losses else loss).backward()
+        except Exception as exc:  # noqa: BLE001 - the compiled backward failed: redo the step eager
+            if not net.active:
+                raise
+            net.fall_back(exc)
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                loss = task.loss(model, batch)
+            aux_losses, stats = collect_aux(model)
+            pop_example_loss_requests(model)   # answered on the compiled pass already
+            (loss + sum(aux_losses.values()) if aux_losses else loss).backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -248,11 +314,15 @@ def train(model: nn.Module, task: Any, cfg: TrainSection, *, seed: int,
             n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
             log(_train_metrics(loss_sum, n, step, sched.get_last_lr()[0], aux_losses, stats), step)
             loss_sum.zero_()
-        timer.add(step, t_iter, t0, t1, len(batch[0]))
+        if net.active and net.events() != events:   # this step compiled: compile time, not step time
+            net.seconds += t1 - t0
+        else:
+            timer.add(step, t_iter, t0, t1, len(batch[0]))
         if step % cfg.eval_every == 0 and step != cfg.steps:
             log(evaluate("val"), step)  # validation is work, not loop overhead: outside loop_time
     wall = time.perf_counter() - start
     final = {**evaluate("val"), **evaluate("test")}
     log(final, cfg.steps)
     return TrainOutcome(metrics=final, history=history, samples_per_s=timer.samples_per_s, train_time_s=wall,
-                        loop_overhead=timer.overhead, decayed_params=decayed_count(groups))
+                        loop_overhead=timer.overhead, decayed_params=decayed_count(groups), compiled=net.active,
+                        compile_seconds=net.seconds, compile_fallback=net.fallback)

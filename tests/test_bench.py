@@ -170,3 +170,43 @@ def test_plot_has_p20_p80_bands_and_plain_tick_labels():
     labels = [t.get_text() for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels() if t.get_text()]
     assert labels and not any("10^" in label or "$" in label for label in labels)
     assert {"64", "512", "1", "10"} <= set(labels)          # plain numbers on both axes
+
+
+def test_efficiency_is_time_ratio_over_flop_ratio():
+    import pandas as pd
+
+    rows = [{"mixer": "softmax", "T": 64, "status": "ok", "fwd_ms": 1.0, "fwd_bwd_ms": 2.0, "flops": 100.0},
+            {"mixer": "heavy", "T": 64, "status": "ok", "fwd_ms": 3.0, "fwd_bwd_ms": 6.0, "flops": 200.0},
+            {"mixer": "free", "T": 64, "status": "ok", "fwd_ms": 0.1, "fwd_bwd_ms": 0.2, "flops": 0.0}]
+    frame = bench.add_ratios(pd.DataFrame(rows).reindex(columns=bench.COLUMNS), backward=True).set_index("mixer")
+    assert frame.loc["heavy", "ratio_vs_softmax"] == 3.0 and frame.loc["heavy", "flop_ratio_vs_softmax"] == 2.0
+    assert frame.loc["heavy", "efficiency"] == 1.5 and frame.loc["softmax", "efficiency"] == 1.0
+    assert frame.loc["free", "efficiency"] != frame.loc["free", "efficiency"]   # ~0 FLOPs: NaN, exempt
+
+
+def test_run_bench_rows_have_efficiency_and_no_compile_columns_by_default():
+    frame = bench.run_bench(["softmax"], [16], **TINY)
+    row = frame.iloc[0]
+    assert row["efficiency"] == 1.0 and row["flop_ratio_vs_softmax"] == 1.0
+    assert not row["compiled"] and row["compile_s"] != row["compile_s"]
+
+
+def test_cli_prints_the_efficiency_column(tmp_path):
+    result = CliRunner().invoke(bench_command, ["--mixers", "softmax", "--seq-lens", "16", "--out", str(tmp_path),
+                                                *CLI_TINY], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "efficiency" in result.output and "FLOP ratio" in result.output and "1.25" in result.output
+    assert "efficiency" in (tmp_path / "bench.csv").read_text().splitlines()[0]
+
+
+def test_plot_marks_the_efficiency_target():
+    import pandas as pd
+
+    rows = [{"mixer": m, "T": t, "status": "ok", "fwd_bwd_ms": base * t / 64, "efficiency": eff}
+            for m, base, eff in (("softmax", 0.5, 1.0), ("other", 2.0, 1.6)) for t in (64, 256)]
+    fig = bench.bench_figure(pd.DataFrame(rows), "fwd_bwd_ms", "title")
+    assert len(fig.axes) == 2
+    eff_ax = fig.axes[1]
+    targets = [ln for ln in eff_ax.get_lines() if set(ln.get_ydata()) == {bench.EFFICIENCY_TARGET}]
+    assert targets and "1.25" in targets[0].get_label()
+    assert {ln.get_label() for ln in eff_ax.get_lines()} >= {"softmax", "other"}

@@ -78,6 +78,9 @@ def _print_findings(console: Any, frame: Any, time_col: str, dim: int) -> None:
 
     for r in frame[frame["status"] != "ok"].itertuples(index=False):
         console.print(f"  {r.mixer} T={r.T}: {r.status}: {r.message}", markup=False)
+    for r in frame[(frame["status"] == "ok") & frame["message"].fillna("").astype(str).str.startswith("compile")
+                   ].itertuples(index=False):
+        console.print(f"  {r.mixer} T={r.T}: {r.message}", markup=False, style="yellow")
     spread = (frame[f"{time_col}_p80"] - frame[f"{time_col}_p20"]) / frame[time_col]
     noisy = frame[spread > NOISY_SPREAD]
     if len(noisy):
@@ -116,9 +119,13 @@ def _print_findings(console: Any, frame: Any, time_col: str, dim: int) -> None:
 @click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)
 @click.option("--option", "option_items", multiple=True, metavar="MIXER.KEY=VALUE",
               help="Mixer option, e.g. mop.edgewise.views=5 (repeatable; values are TOML/JSON literals).")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="Run every mixer (softmax too) through torch.compile; the compile time is its own column, "
+                   "never part of the timed calls; a mixer that fails to compile is timed eager, with the reason.")
 def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, causal: bool, backward: bool,
                   device: str, dtype: str, warmup: int, reps: int, max_seconds: float, threads: int | None,
-                  out_dir: str, use_mlflow: bool, tracking_uri: str | None, option_items: tuple[str, ...]) -> None:
+                  out_dir: str, use_mlflow: bool, tracking_uri: str | None, option_items: tuple[str, ...],
+                  compile_: bool) -> None:
     """Time every mixer across sequence lengths, relative to softmax at the same shape."""
     from harness.bench import parse_options, parse_seq_lens
 
@@ -137,7 +144,7 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     torch.set_num_threads(threads or available_cores())
     keep_freed_memory()
     console = Console()
-    shape = f"B={batch} D={dim} H={heads} causal={causal} backward={backward}"
+    shape = f"B={batch} D={dim} H={heads} causal={causal} backward={backward}" + (" compiled" if compile_ else "")
     console.print(f"[bold]harness bench[/bold]  device={device_label(dev)}  dtype={dtype}  "
                   f"torch={torch.__version__}  threads={torch.get_num_threads()}")
     console.print(f"shape: {shape}  T={','.join(map(str, lens))}  warmup={warmup} reps={reps} max-time={max_seconds:g}s")
@@ -148,7 +155,7 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
         console.print(f"({REFERENCE} added as the reference for ratios)")
     frame = _measure(console, names, lens, dim=dim, heads=heads, batch=batch, causal=causal, backward=backward,
                      device=dev, dtype=DTYPES[dtype], warmup=warmup, reps=reps, options_by_mixer=options,
-                     max_seconds=max_seconds)
+                     max_seconds=max_seconds, compile=compile_)
     console.print(results_table(frame, backward))
     time_col = "fwd_bwd_ms" if backward else "fwd_ms"
     _print_findings(console, frame, time_col, dim)
@@ -165,8 +172,10 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
         params = {"mixers": ",".join(names), "seq_lens": ",".join(map(str, lens)), "dim": dim, "heads": heads,
                   "batch": batch, "causal": causal, "backward": backward, "device": device_label(dev),
                   "dtype": dtype, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "warmup": warmup, "reps": reps, "max_time": max_seconds, "options": json.dumps(options, sort_keys=True)}
+                  "warmup": warmup, "reps": reps, "max_time": max_seconds, "options": json.dumps(options, sort_keys=True),
+                  "compile": compile_}
         run_id = log_to_mlflow(tracking_uri, params, frame, [csv_path, png_path], time_col)
+        from harness.redact import redact
         from harness.tracking import tracking_uri as resolve_uri
 
-        console.print(f"logged to MLflow run {run_id} (experiment 'bench', {resolve_uri(tracking_uri)})")
+        console.print(f"logged to MLflow run {run_id} (experiment 'bench', {redact(resolve_uri(tracking_uri))})")

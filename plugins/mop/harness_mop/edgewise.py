@@ -19,8 +19,7 @@ from torch import nn
 
 from harness.nn.aux import report_stat
 from harness.nn.context import SeqContext
-from harness_mop._common import (ViewLogSumExp, chain_products, masked_softmax, merge_heads, real_pairs, score_mask,
-                                 split_views)
+from harness_mop._common import chain_products, masked_softmax, merge_heads, real_pairs, score_mask, split_views
 from harness_mop.gate_heads import (PRESETS, DenseGateHead, GateInputs, LowRankGateHead, check_preset,
                                     score_means)
 from harness_mop.lens import LensBank
@@ -109,15 +108,14 @@ class EdgewiseAttention(nn.Module):
         means = score_means(q, k, keep, cols) if self.lowrank else (None, None)   # (B, H, n, T) each
         g = self.gate_head(GateInputs(s, *means, log_f, log_b, keep, cols))
         g_and, g_or, g_not, g_chain = g.unbind(2)                        # (B, H, T, T) each, in [0, 1]
-        # S_1 and sum_{i>1} S_i as their own small products, so no slice of the stack is backpropagated.
-        s1 = q[:, :, 0] @ k[:, :, 0].transpose(-1, -2)                   # (B, H, T, T)
-        rest = _score_rest(q, k)                                         # sum_{i>1} S_i
         with torch.no_grad():
-            row_lse = s_vis.logsumexp(-1)                                # (B, H, n, T): L_i(r)
-        orr = ViewLogSumExp.apply(s, a.detach(), row_lse)                # (B, H, T, T): LSE_i S_i - S_1
+            # L_i(r) = S_i(r, j) - log A_i(r, j) at any visible j. At the row's largest score, where A_i
+            # is largest too (>= 1/T), the log is exact to rounding: two max passes instead of
+            # logsumexp's max, shift, exp and sum.
+            row_lse = s_vis.amax(-1) - a.amax(-1).log()                  # (B, H, n, T): L_i(r)
         beta = self.log_beta.exp()                                       # (H, 1, 1)
         coef = torch.addcmul(g_and, g_not, beta, value=-1.0 / (self.n - 1))   # on sum_{i>1} S_i
-        smix = torch.addcmul(s1, coef, rest).addcmul(g_or, orr).addcmul(g_chain, log_f)
+        smix = _EdgeMix.apply(s, a.detach(), row_lse, coef, g_or, g_chain, log_f)
         y = masked_softmax(smix, mask) @ v1                              # (B, H, T, Dh)
         y = y + torch.sigmoid(self.chain_value_logit) * ((g_chain * c_fwd) @ vn)
         self._report(g)
@@ -141,8 +139,36 @@ def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q @ k.transpose(-1, -2)
 
 
-def _score_rest(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """sum_{v>1} q_v k_v^T: with one shared k it is (sum_{v>1} q_v) k^T, a single Dh-deep product."""
-    if k.shape[2] == 1:
-        return q[:, :, 1:].sum(2) @ k[:, :, 0].transpose(-1, -2)
-    return torch.einsum("bhvid,bhvjd->bhij", q[:, :, 1:], k[:, :, 1:])
+class _EdgeMix(torch.autograd.Function):
+    """Smix = S_1 + coef sum_{i>1} S_i + g_or (LSE_i S_i - S_1) + g_chain log_f as one autograd node,
+    from the score stack s (B, H, n, T, T); coef = g_and - g_not beta / (n - 1).
+
+    S_1 and sum_{i>1} S_i are read out of the stack (no second product for them: the FLOPs stay the
+    design's), the LSE over views is ``ViewLogSumExp``'s (read off the row softmaxes ``a`` and their
+    log-normalisers ``row_lse``), and the gradient for the whole stack is written in one buffer:
+    dS_1 = d (1 - g_or + g_or pi_1), dS_i = d (coef + g_or pi_i) for i > 1, with pi the softmax
+    over views. Autograd would slice, add and accumulate (n, T, T) gradients per term instead.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, a: torch.Tensor, row_lse: torch.Tensor, coef: torch.Tensor,
+                g_or: torch.Tensor, g_chain: torch.Tensor, log_f: torch.Tensor) -> torch.Tensor:
+        c = row_lse.amax(2, keepdim=True)                                # (B, H, 1, T)
+        pi = a * (row_lse - c).exp()[..., None]                          # (B, H, n, T, T): Z pi_i
+        z = pi.sum(2).clamp_min_(torch.finfo(a.dtype).tiny)             # see ViewLogSumExp
+        pi /= z[:, :, None]
+        s1 = s[:, :, 0]
+        orr = z.log_().add_(c[:, :, 0, :, None]).sub_(s1)                # LSE_i S_i - S_1
+        rest = s[:, :, 1:].sum(2)                                        # sum_{i>1} S_i
+        smix = torch.addcmul(s1, coef, rest).addcmul_(g_or, orr).addcmul_(g_chain, log_f)
+        ctx.save_for_backward(pi, rest, orr, coef, g_or, g_chain, log_f)
+        return smix
+
+    @staticmethod
+    def backward(ctx, d: torch.Tensor):
+        pi, rest, orr, coef, g_or, g_chain, log_f = ctx.saved_tensors
+        d_or = d * g_or
+        ds = pi * d_or[:, :, None]                                       # through the LSE, every view
+        ds[:, :, 1:] += (d * coef)[:, :, None]
+        ds[:, :, 0] += d - d_or
+        return ds, None, None, d * rest, d * orr, d * log_f, d * g_chain
