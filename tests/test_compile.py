@@ -50,7 +50,9 @@ def test_suite_with_train_compile_records_compile_time_apart(in_tmp):
     metric compile_seconds), and throughput from the steps that did not compile."""
     import mlflow
 
-    uri = "sqlite:///mlruns/mlflow.db"
+    import os
+
+    uri = f"sqlite:///{os.getcwd()}/mlruns/mlflow.db"  # absolute: MLflow caches a store per URI string
     tracking.configure(enabled=True, tracking_uri=uri)
     try:
         results = run_suite(load_suite(f"{in_tmp}/{SMOKE}", [*TINY, "train.compile=true"]), variants=["softmax"])

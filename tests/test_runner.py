@@ -101,7 +101,10 @@ def test_ctrl_c_marks_run_killed_and_keeps_finished(in_tmp):
 def test_mlflow_parent_and_children(in_tmp):
     import mlflow
 
-    uri = "sqlite:///mlruns/mlflow.db"  # relative to the temporary working directory
+    import os
+
+    # absolute: MLflow caches a store per URI string, so a relative one could reach another test's folder
+    uri = f"sqlite:///{os.getcwd()}/mlruns/mlflow.db"
     tracking.configure(enabled=True, tracking_uri=uri)
     try:
         run_suite(suite(in_tmp, "suite.seeds=[0, 1]"))
