@@ -5,7 +5,7 @@ Python loop over the 28 pairs (re-implemented here as in m3po_gating, upper tria
     python plugins/m3po/scripts/bench_jsd.py [--threads 2] [--repeats 50]
 
 Memory: torch's CPU allocator reports no peak, so the script prints the gate's working set
-(smoothed p and the one (N - 1, V) pair buffer, analytically) next to N V and N^2 V, and on CUDA
+(smoothed p and the two (N - 1, V) pair buffers, analytically) next to N V and N^2 V, and on CUDA
 the measured torch.cuda.max_memory_allocated increase. Times are the best of ``--repeats`` runs after warm-up (``--median``: medians).
 Not a test: speed targets live in benchmarks.
 """
@@ -82,8 +82,8 @@ def main() -> None:
             off = ~torch.eye(N, dtype=torch.bool)  # the diagonal is masked by every gate: conventions differ
             diff = (gate(p)[0].cpu() - reference_loop(p[0].cpu()))[off].abs().max().item()
         mb = 4 * V / 2 ** 20
-        # the smoothed copy of p (N, V) and the pair buffer (N - 1, V)
-        chunk_mb = (2 * N - 1) * mb
+        # the smoothed copy of p (N, V), the pair buffer and its x log x buffer (N - 1, V) each
+        chunk_mb = (3 * N - 2) * mb
         print(f"{V:>8} {ms:>9.3f} {target:>7} {loop_ms:>9.2f} {loop_ms / ms:>8.1f}x {diff:>11.2e} "
               f"{chunk_mb:>9.1f} {N * mb:>7.1f} {N * N * mb:>9.1f}")
         if device.type == "cuda":

@@ -158,3 +158,17 @@ def test_stats_over_valid_pairs_only():
     assert out["attention_variance"].item() == pytest.approx(0.0, abs=1e-6)
     assert out["similarity_mean"].item() == pytest.approx(0.3)               # (0.2 + 0.4) / 2: no 9s, no 5s
     assert out["similarity_std"].item() == pytest.approx(0.1, abs=1e-5)
+
+
+def test_jsd_diagonal_path_equals_the_one_shot_path(monkeypatch):
+    """Large inputs take the diagonal loop (memory O(N V)), small ones build every pair at once:
+    the same numbers either way."""
+    from harness_m3po import jsd
+
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(2, 8, 300, dtype=torch.float64) * 3, -1)              # (G, N, V)
+    one_shot = jsd.pairwise_jsd(p)
+    monkeypatch.setattr(jsd, "ONE_SHOT_ELEMENTS", 0)
+    diagonal = jsd.pairwise_jsd(p)
+    assert torch.allclose(one_shot, diagonal, atol=1e-12)
+    assert one_shot.abs().max() > 0.01                                                   # not trivially equal
