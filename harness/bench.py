@@ -6,7 +6,8 @@ machines), and as per-FLOP efficiency: time ratio / FLOP ratio, both to softmax 
 (../shared/TARGETS.md: target <= 1.25). With ``compile`` every mixer, the reference included, runs
 through ``torch.compile``; the compile (the first calls) is timed apart, in ``compile_s``, and never
 enters the timed reps; a mixer that fails to compile is timed eager, with the reason in ``message``. Out-of-memory and other failures are recorded per (mixer, T) and the bench goes on.
-The command itself is ``harness.cli.bench``; this module measures, tabulates, plots and logs.
+The command itself is ``harness.cli.bench``; this module measures, tabulates and logs; the plot is
+``harness.bench_plot``.
 
 Module top stays light (click and stdlib): torch, pandas, matplotlib and mlflow load inside functions.
 """
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import click
 
+from harness.compiling import describe_failure
 from harness.suite import parse_literal
 
 REFERENCE = "softmax"
@@ -88,11 +90,6 @@ def _is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _free_memory(device: Any) -> None:
@@ -188,7 +185,7 @@ def compile_case(case: Case, calls: Callable[[Any], tuple[Callable[[], None], Ca
             module.train()
             forward_backward()
     except Exception as exc:  # noqa: BLE001 - any compiler failure: the mixer is timed eager
-        case.compile_error = f"compile failed, timed eager: {_one_line(exc)}"
+        case.compile_error = f"compile failed, timed eager: {describe_failure(exc, limit=200)}"
         module.zero_grad(set_to_none=True)
         return
     finally:
@@ -284,7 +281,7 @@ class _Bench:
         oom = _is_oom(exc)
         if oom:
             self.oom_at.setdefault(name, T)
-        self.rows[name, T].update(status="oom" if oom else "error", message=_one_line(exc))
+        self.rows[name, T].update(status="oom" if oom else "error", message=describe_failure(exc, limit=200))
 
     def build_cases(self, T: int) -> dict[str, Case]:
         """Every mixer that can run at T, built, with its FLOPs and peak memory recorded."""
@@ -364,63 +361,6 @@ def loglog_slope(frame: Any, mixer: str, time_col: str) -> tuple[float, float | 
 
 
 # ------------------------------------------------------------------------------------------ output
-
-def bench_figure(frame: Any, time_col: str, title: str) -> Any:
-    """Left: log-log time vs T, one line per mixer (the median) with its p20-p80 band, a dashed T^2
-    guide through softmax's first point, plain numbers on both axes. Right (when the frame has an
-    ``efficiency`` column): per-FLOP efficiency vs T per mixer, with the target line at 1.25."""
-    from harness.report.plots import new_figure, plain_log_axis
-
-    with_eff = "efficiency" in frame.columns and frame["efficiency"].notna().any()
-    fig = new_figure(13 if with_eff else 7, 5)
-    ax, *rest = fig.subplots(1, 2) if with_eff else [fig.subplots()]
-    ok = frame[frame["status"] == "ok"].sort_values("T")
-    for name, group in ok.groupby("mixer", sort=False):
-        line, = ax.plot(group["T"], group[time_col], marker="o", label=name)
-        low, high = f"{time_col}_p20", f"{time_col}_p80"
-        if low in group.columns and high in group.columns and group[low].notna().any():
-            ax.fill_between(group["T"], group[low], group[high], color=line.get_color(), alpha=0.2, lw=0)
-    ref = ok[ok["mixer"] == REFERENCE]
-    if len(ref):
-        t0, y0 = float(ref["T"].iloc[0]), float(ref[time_col].iloc[0])
-        ts = sorted(frame["T"].unique())
-        ax.plot(ts, [y0 * (t / t0) ** 2 for t in ts], "k--", linewidth=1, label="T^2 guide")
-    ax.set(xscale="log", yscale="log", xlabel="sequence length T",
-           ylabel=f"{time_col} (median, band = p20-p80)", title=title)
-    lengths = sorted(frame["T"].unique())
-    ax.set_xticks(lengths, labels=[str(t) for t in lengths])
-    ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-    plain_log_axis(ax.yaxis)
-    ax.grid(True, which="both", axis="y", alpha=0.3)
-    ax.grid(True, which="major", axis="x", alpha=0.3)   # T's minor ticks are hidden: no lines for them
-    ax.legend()
-    if rest:
-        _efficiency_axes(rest[0], frame)
-    return fig
-
-
-def _efficiency_axes(ax: Any, frame: Any) -> None:
-    """Efficiency (time ratio / FLOP ratio to softmax) vs T, one line per mixer, target line at 1.25."""
-    ok = frame[(frame["status"] == "ok") & frame["efficiency"].notna()].sort_values("T")
-    for name, group in ok.groupby("mixer", sort=False):
-        ax.plot(group["T"], group["efficiency"], marker="o", label=name)
-    ax.axhline(EFFICIENCY_TARGET, color="red", linestyle="--", linewidth=1.2,
-               label=f"target {EFFICIENCY_TARGET:g} (TARGETS.md)")
-    lengths = sorted(frame["T"].unique())
-    ax.set_xscale("log")
-    ax.set_xticks(lengths, labels=[str(t) for t in lengths])
-    ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-    ax.set(xlabel="sequence length T", ylabel="efficiency = time ratio / FLOP ratio (vs softmax)",
-           title="per-FLOP efficiency (lower is better)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-
-
-def write_plot(frame: Any, time_col: str, path: Path, title: str) -> None:
-    """Save ``bench_figure``."""
-    bench_figure(frame, time_col, title).savefig(path, dpi=120)
-
 
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from harness import bench
+from harness import bench, bench_plot
 from harness.cli.bench import bench_command
 from harness.suite import parse_literal
 from harness.nn.softmax import SoftmaxAttention
@@ -160,7 +160,7 @@ def test_plot_has_p20_p80_bands_and_plain_tick_labels():
     rows = [{"mixer": m, "T": t, "status": "ok", "fwd_bwd_ms": base * t / 64,
              "fwd_bwd_ms_p20": 0.9 * base * t / 64, "fwd_bwd_ms_p80": 1.2 * base * t / 64}
             for m, base in (("softmax", 0.5), ("other", 2.0)) for t in (64, 128, 256, 512)]
-    fig = bench.bench_figure(pd.DataFrame(rows), "fwd_bwd_ms", "title")
+    fig = bench_plot.bench_figure(pd.DataFrame(rows), "fwd_bwd_ms", "title")
     ax = fig.axes[0]
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2                                  # one p20-p80 band per mixer
@@ -204,7 +204,7 @@ def test_plot_marks_the_efficiency_target():
 
     rows = [{"mixer": m, "T": t, "status": "ok", "fwd_bwd_ms": base * t / 64, "efficiency": eff}
             for m, base, eff in (("softmax", 0.5, 1.0), ("other", 2.0, 1.6)) for t in (64, 256)]
-    fig = bench.bench_figure(pd.DataFrame(rows), "fwd_bwd_ms", "title")
+    fig = bench_plot.bench_figure(pd.DataFrame(rows), "fwd_bwd_ms", "title")
     assert len(fig.axes) == 2
     eff_ax = fig.axes[1]
     targets = [ln for ln in eff_ax.get_lines() if set(ln.get_ydata()) == {bench.EFFICIENCY_TARGET}]

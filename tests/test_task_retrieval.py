@@ -8,7 +8,7 @@ import torch
 
 from harness.nn.encoder import build_encoder
 from harness.plan import build_task, plan_suite
-from harness.runner import execute_run
+from harness.execute import execute_run
 from harness.suite import load_suite
 from harness.tasks import bm25_stage as fs
 from harness.tasks.base import TaskDataError

@@ -136,7 +136,8 @@ def bench_command(mixers: str, seq_lens: str, dim: int, heads: int, batch: int, 
     import torch
     from rich.console import Console
 
-    from harness.bench import log_to_mlflow, results_table, write_plot
+    from harness.bench import log_to_mlflow, results_table
+    from harness.bench_plot import write_plot
     from harness.devices import available_cores, device_label
     from harness.profiling import keep_freed_memory
 

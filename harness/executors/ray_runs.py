@@ -105,7 +105,7 @@ class RayExecutor:
 
     def _outcome(self, ray: Any, ref: Any, run: Run, started: float) -> RemoteOutcome:
         """The task's outcome, or a failed one saying why the task itself did not return."""
-        from harness.runner import error_reason
+        from harness.execute import error_reason
 
         try:
             return ray.get(ref)

@@ -1,5 +1,5 @@
 """What a Ray worker does with one run: train it exactly as the local executor would
-(``runner.execute_run``), and send everything back to the driver, which alone writes runs.jsonl,
+(``harness.execute.execute_run``), and send everything back to the driver, which alone writes runs.jsonl,
 the reports and MLflow.
 
 The worker writes nothing that outlives the task: the metrics the training logged come back as a
@@ -78,7 +78,7 @@ def execute_remote(suite: Suite, run: Run, plan: Plan) -> RemoteOutcome:
     from harness import tracking
     from harness.devices import device_label
     from harness.profiling import keep_freed_memory
-    from harness.runner import error_reason, execute_run
+    from harness.execute import error_reason, execute_run
 
     tracking.configure(enabled=False)   # the driver alone writes MLflow
     keep_freed_memory()

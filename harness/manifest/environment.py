@@ -42,7 +42,7 @@ def determinism(threads: int) -> dict[str, Any]:
     import torch
 
     return {
-        "seeded": ["random", "numpy", "torch"],   # runner._seed_everything, before the model is built
+        "seeded": ["random", "numpy", "torch"],   # execute._seed_everything, before the model is built
         "threads": threads,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),

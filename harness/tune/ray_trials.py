@@ -134,7 +134,7 @@ def _fail(storage: Any, trial_id: int, reason: str) -> None:
 
 def _returned(ray: Any, ref: Any, storage: Any, slot: _InFlight) -> TrialReturn:
     """The worker's TrialReturn, or the trial recorded FAIL with why the task did not return."""
-    from harness.runner import error_reason
+    from harness.execute import error_reason
 
     try:
         return ray.get(ref)

@@ -86,7 +86,7 @@ def objective(trial: optuna.Trial, params: dict[str, Any], ctx: TrialContext, ru
               outcome: Outcome) -> float:
     """Train the trial's suite and return its validation metric; a diverged loss raises Pruned."""
     from harness.plan import plan_suite
-    from harness.runner import execute_run
+    from harness.execute import execute_run
     from harness.train import DivergedError
 
     suite = trial_suite(ctx.data, ctx.variant, params)
@@ -133,7 +133,7 @@ def _train(trial: optuna.Trial, ctx: TrialContext, run: TrialRun, outcome: Outco
         study.tell(trial, state=TrialState.PRUNED)
         outcome.state, outcome.note = TrialState.PRUNED, str(exc) or "pruned"
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the study goes on
-        from harness.runner import error_reason
+        from harness.execute import error_reason
 
         reason = "; ".join(exc.problems) if isinstance(exc, SuiteError) else error_reason(exc)
         if "HARNESS_DEBUG" in os.environ:
